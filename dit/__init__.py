@@ -1,0 +1,1 @@
+"""Latent Diffusion Transformer (Stage 2)."""

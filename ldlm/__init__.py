@@ -1,0 +1,1 @@
+"""ldlm: latent diffusion language models."""

@@ -1,0 +1,133 @@
+"""Typed OmegaConf configs: YAML file + dotted command-line overrides, validated against dataclasses."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ldlm.errors import LdlmError
+
+
+@dataclass
+class CorpusConfig:
+    path: str = "builtin:restaurants"  # file (.jsonl/.txt/.csv), builtin:restaurants, or hf:NAME[:SPLIT]
+    text_field: str = "text"
+    limit: Optional[int] = None  # first N documents
+    skip: int = 0  # drop the first N documents
+    stride: int = 1  # then keep every stride-th document (spreads a subset over a sorted corpus)
+    holdout_every: int = 0  # >0: documents i % holdout_every == 0 are held out (never trained on)
+
+
+@dataclass
+class DataConfig:
+    train: list[CorpusConfig] = field(default_factory=lambda: [CorpusConfig()])
+    eval: list[CorpusConfig] = field(default_factory=list)  # extra held-out corpora, reported separately
+    block_length: int = 16
+    val_fraction: float = 0.02
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    name: str = "smollm2"  # registered name, local folder or hub id
+    gguf_file: Optional[str] = None
+    layers: list[int] = field(default_factory=lambda: [10])
+    context: int = 128  # tokens of left context the teacher reads before each chunk
+    chunk: int = 256
+    batch_tokens: int = 4096
+    device_map: Optional[str] = None  # "auto" shards a large teacher over the available devices
+
+
+@dataclass
+class AlignConfig:
+    loss: str = "repa"  # repa | vavae
+    weight: float = 0.5  # 0 disables alignment (the teacher then only provides the tokenizer)
+    warmup_steps: int = 0
+    stop_step: Optional[int] = None
+    head_hidden: int = 512
+    margin_cos: float = 0.5
+    margin_dist: float = 0.25
+    dist_weight: float = 1.0
+
+
+@dataclass
+class ModelConfig:
+    latents_per_block: int = 4
+    latent_channels: int = 32
+    d_model: int = 256
+    d_embed: int = 128
+    heads: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    dropout: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    kl_weight: float = 1e-3
+    free_bits: float = 0.1  # nats per latent channel below which KL is not penalised
+    token_dropout: float = 0.05  # encoder input tokens replaced by a mask vector
+    latent_dropout: float = 0.05  # whole latent vectors zeroed before decoding
+    latent_noise: float = 0.3  # max σ (standardized units) of Gaussian noise added to latents
+    negatives: int = 2048  # unseen-vocabulary tokens sampled as extra softmax negatives per step
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/vae"
+    max_steps: int = 1000
+    max_minutes: Optional[float] = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    val_every: int = 250
+    log_every: int = 25
+    checkpoint_every: int = 500
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    seed: int = 0
+    resume: bool = True  # continue from output_dir/checkpoints/last.safetensors when present
+    progress_bar: bool = True
+
+
+@dataclass
+class VAEExperiment:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    return f"config error at '{key}': {msg}" if key else f"config error: {msg}"
+
+
+def load_config(schema: type, path: str | Path | None = None, overrides: list[str] = ()) -> object:
+    """Merge ``schema`` defaults, a YAML file and ``key=value`` overrides; any mistake is one LdlmError line."""
+    try:
+        cfg = OmegaConf.structured(schema)
+        if path is not None:
+            if not Path(path).is_file():
+                raise LdlmError(f"config file not found: {path}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise LdlmError(f"override '{bad[0]}' is not of the form key=value")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.to_container(cfg, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        raise LdlmError(_describe(err)) from None
+    except (TypeError, ValueError) as err:
+        raise LdlmError(f"config error: {err} (list entries are set in the YAML file, not with overrides)") from None
+    return cfg

@@ -1,0 +1,207 @@
+"""Stage 1 training: the TextVAE with reconstruction + β·KL + λ·alignment, as a LightningModule."""
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from ldlm.align.losses import AlignmentHead, AlignmentSchedule, repa_loss, vavae_loss
+from ldlm.align.teacher import FrozenTeacher, load_tokenizer
+from ldlm.checkpoint_io import SafetensorsCheckpointIO, atomic_dir
+from ldlm.config import VAEExperiment
+from ldlm.data import BlockDataModule, latent_mask, pad_id_of
+from ldlm.errors import LdlmError
+from ldlm.vae.model import TextVAE
+
+
+class TextVAEModule(L.LightningModule):
+    """Trains a TextVAE; optional MLP heads align its latents to standardized teacher features."""
+
+    def __init__(self, vae: TextVAE, cfg: dict, seen_tokens: torch.Tensor, teacher_hidden: int | None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["vae", "seen_tokens"])
+        self.vae = vae
+        loss, align = cfg["loss"], cfg["align"]
+        self.loss_cfg, self.train_cfg = loss, cfg["train"]
+        self.aligned = align["weight"] > 0 and teacher_hidden is not None
+        self.heads = nn.ModuleList(
+            AlignmentHead(vae.config.latent_channels, teacher_hidden, align["head_hidden"])
+            for _ in cfg["teacher"]["layers"]
+        ) if self.aligned else nn.ModuleList()
+        self.align_fn = repa_loss if align["loss"] == "repa" else partial(
+            vavae_loss, margin_cos=align["margin_cos"], margin_dist=align["margin_dist"],
+            dist_weight=align["dist_weight"])
+        self.schedule = AlignmentSchedule(align["weight"], align["warmup_steps"], align["stop_step"])
+        vocab = vae.config.vocab_size
+        lookup = torch.full((vocab,), -1, dtype=torch.long)
+        lookup[seen_tokens] = torch.arange(len(seen_tokens))
+        unseen = torch.ones(vocab, dtype=torch.bool)
+        unseen[seen_tokens] = False
+        self.register_buffer("seen", seen_tokens.clone(), persistent=False)
+        self.register_buffer("lookup", lookup, persistent=False)
+        self.register_buffer("unseen", torch.nonzero(unseen).squeeze(1), persistent=False)
+
+    def _perturb(self, z: torch.Tensor) -> torch.Tensor:
+        """Training-time robustness: Gaussian noise of random σ (standardized units) and latent dropout."""
+        sigma = torch.rand(z.shape[0], 1, 1, device=z.device) * self.loss_cfg["latent_noise"]
+        z = z + sigma * z.detach().std(dim=(0, 1)) * torch.randn_like(z)
+        keep = torch.rand(z.shape[0], z.shape[1], 1, device=z.device) >= self.loss_cfg["latent_dropout"]
+        return z * keep
+
+    def _candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax rows while training: every seen token plus random unseen ones as negatives."""
+        count = min(self.loss_cfg["negatives"], len(self.unseen))
+        pick = self.unseen[torch.randint(len(self.unseen), (count,), device=self.unseen.device)]
+        return torch.cat([self.seen, pick]), self.lookup
+
+    def _common_step(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        mean, logvar = self.vae.encode_distribution(ids, mask, self.loss_cfg["token_dropout"] if train else 0.0)
+        z = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if train else mean
+        states = self.vae.decoder_states(self._perturb(z) if train else z)[mask.bool()]
+        targets = ids[mask.bool()]
+        if train:
+            candidates, lookup = self._candidates()
+            logits, targets = self.vae.logits(states, candidates), lookup[targets]
+        else:
+            logits = self.vae.logits(states)
+        metrics = {"rec": F.cross_entropy(logits, targets), "acc": (logits.argmax(-1) == targets).float().mean()}
+        lat_mask = latent_mask(mask, self.vae.config.latents_per_block).float()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)
+        per_channel = (kl * lat_mask[..., None]).sum((0, 1)) / lat_mask.sum().clamp(min=1)
+        metrics["kl"] = per_channel.sum()
+        loss = metrics["rec"] + self.loss_cfg["kl_weight"] * per_channel.clamp(min=self.loss_cfg["free_bits"]).sum()
+        if self.aligned and "features" in batch:
+            pairs = [self.align_fn(head(mean), batch["features"][:, i].float(), lat_mask)
+                     for i, head in enumerate(self.heads)]
+            metrics["align"] = torch.stack([p[0] for p in pairs]).mean()
+            metrics["align_cos"] = torch.stack([p[1] for p in pairs]).mean()
+            weight = self.schedule(self.global_step)
+            metrics["align_weight"] = torch.tensor(weight)
+            loss = loss + weight * metrics["align"]
+        metrics["loss"] = loss
+        return metrics
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        metrics = self._common_step(batch, train=True)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, prog_bar=False)
+        self.log("acc", metrics["acc"], prog_bar=True, logger=False)
+        return metrics["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        metrics = self._common_step(batch, train=False)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False, sync_dist=True)
+        self.log("val_acc", metrics["acc"], prog_bar=True, logger=False, sync_dist=True)
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "pos" not in n]
+        rest = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "pos" not in n)]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                                       {"params": rest, "weight_decay": 0.0}], lr=cfg["lr"])
+
+        def factor(step: int) -> float:
+            if step < cfg["warmup_steps"]:
+                return (step + 1) / cfg["warmup_steps"]
+            progress = min(1.0, (step - cfg["warmup_steps"]) / max(1, cfg["max_steps"] - cfg["warmup_steps"]))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@torch.no_grad()
+def measure_latent_stats(vae: TextVAE, blocks, batch_size: int = 512) -> None:
+    """Store per-channel mean/std of posterior means over the valid latents of ``blocks`` in the VAE."""
+    vae.eval()
+    total, sq, count = 0.0, 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        ids = blocks.input_ids[start : start + batch_size].to(vae.device)
+        mask = blocks.attention_mask[start : start + batch_size].to(vae.device)
+        mean = vae.encode(ids, mask).double()[latent_mask(mask, vae.config.latents_per_block).bool()]
+        total, sq, count = total + mean.sum(0), sq + mean.pow(2).sum(0), count + len(mean)
+    mu = total / count
+    vae.latent_mean.copy_(mu.float())
+    vae.latent_std.copy_((sq / count - mu.pow(2)).clamp(min=1e-8).sqrt().float())
+
+
+def build_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
+    m = cfg.model
+    vae = TextVAE(
+        vocab_size=teacher.input_embeddings().shape[0], block_length=cfg.data.block_length,
+        latents_per_block=m.latents_per_block, latent_channels=m.latent_channels, d_model=m.d_model,
+        d_embed=m.d_embed, heads=m.heads, encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
+        dropout=m.dropout, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id_of(tokenizer),
+    )
+    vae.set_token_table(teacher.input_embeddings().cpu())
+    return vae
+
+
+def _loggers(out: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(out, name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(out, name="tb", version=""))
+    except ImportError:
+        pass
+    return loggers
+
+
+def train_vae(cfg: VAEExperiment) -> Path:
+    """Train a TextVAE from a validated config; export it to ``output_dir/vae`` (diffusers layout)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    L.seed_everything(cfg.train.seed, workers=True)
+    if cfg.data.block_length % cfg.model.latents_per_block:
+        raise LdlmError("data.block_length must be a multiple of model.latents_per_block")
+    if cfg.align.loss not in ("repa", "vavae"):
+        raise LdlmError(f"align.loss must be 'repa' or 'vavae', got '{cfg.align.loss}'")
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    tokenizer = load_tokenizer(cfg.teacher.name, cfg.teacher.gguf_file)
+    aligned = cfg.align.weight > 0
+    teacher = FrozenTeacher(cfg.teacher.name, list(cfg.teacher.layers) if aligned else [0],
+                            gguf_file=cfg.teacher.gguf_file, device_map=cfg.teacher.device_map)
+    data = BlockDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.model.latents_per_block,
+                           teacher if aligned else None, cfg.teacher)
+    data.setup()
+    data.teacher = None  # features are cached; free the teacher's layers
+    vae = build_vae(cfg, tokenizer, teacher)
+    module = TextVAEModule(vae, OmegaConf.to_container(cfg), data.seen_tokens(),
+                           teacher.hidden_size if aligned else None)
+    del teacher
+    ckpt_dir = out / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
+    checkpoint.FILE_EXTENSION = ".safetensors"
+    trainer = L.Trainer(
+        max_steps=cfg.train.max_steps,
+        max_time={"minutes": cfg.train.max_minutes} if cfg.train.max_minutes else None,
+        accelerator=cfg.train.accelerator, devices=cfg.train.devices, strategy=cfg.train.strategy,
+        precision=cfg.train.precision, val_check_interval=cfg.train.val_every,
+        check_val_every_n_epoch=None, log_every_n_steps=cfg.train.log_every, logger=_loggers(out),
+        callbacks=[checkpoint], plugins=[SafetensorsCheckpointIO()], enable_progress_bar=cfg.train.progress_bar,
+        num_sanity_val_steps=0,
+    )
+    last = ckpt_dir / "last.safetensors"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.train.resume and last.is_file() else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        vae = module.vae.cpu()
+        measure_latent_stats(vae, data.train_set)
+        with atomic_dir(out / "vae") as tmp:
+            vae.save_pretrained(tmp)
+        with atomic_dir(out / "tokenizer") as tmp:
+            tokenizer.save_pretrained(tmp)
+        (out / "metrics.json").write_text(json.dumps({"global_step": trainer.global_step, **metrics}, indent=2))
+    return out / "vae"

@@ -1,0 +1,52 @@
+"""Offline fixtures: a word-level tokenizer over the built-in corpus and tiny random HF teachers saved to disk."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
+
+from ldlm.corpus import restaurant_sentences
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+
+
+def word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIALS))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+
+
+def tiny_model(kind: str, vocab_size: int):
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512)
+    cls, cfg = {"qwen2": (Qwen2ForCausalLM, Qwen2Config), "qwen3": (Qwen3ForCausalLM, Qwen3Config),
+                "mistral": (MistralForCausalLM, MistralConfig)}[kind]
+    torch.manual_seed(0)
+    return cls(cfg(**common)).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return word_tokenizer(restaurant_sentences(3000, seed=1))
+
+
+@pytest.fixture(scope="session")
+def teacher_dirs(tmp_path_factory, tokenizer) -> dict[str, str]:
+    """Folders holding tiny random Qwen2 / Qwen3 / Mistral teachers with the word tokenizer."""
+    out = {}
+    for kind in ("qwen2", "qwen3", "mistral"):
+        folder = tmp_path_factory.mktemp(kind)
+        tiny_model(kind, len(tokenizer)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        out[kind] = str(folder)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own feature cache."""
+    monkeypatch.setenv("LDLM_CACHE", str(tmp_path / "cache"))

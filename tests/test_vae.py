@@ -1,0 +1,66 @@
+import torch
+
+from ldlm.blocks import join_blocks, split_into_blocks
+from ldlm.vae.model import TextVAE
+
+
+def _vae(**kw) -> TextVAE:
+    torch.manual_seed(0)
+    args = dict(vocab_size=60, block_length=8, latents_per_block=2, latent_channels=6, d_model=32, d_embed=16,
+                heads=2, encoder_layers=1, decoder_layers=1, eos_token_id=1, pad_token_id=0)
+    return TextVAE(**(args | kw)).eval()
+
+
+def test_shapes_and_sampling():
+    vae = _vae()
+    ids = torch.randint(4, 60, (3, 8))
+    mask = torch.ones_like(ids)
+    mean, logvar = vae.encode_distribution(ids, mask)
+    assert mean.shape == logvar.shape == (3, 2, 6)
+    assert torch.equal(vae.encode(ids, mask), mean)
+    g = torch.Generator().manual_seed(1)
+    sample = vae.encode(ids, mask, sample=True, generator=g)
+    assert sample.shape == (3, 2, 6) and not torch.equal(sample, mean)
+    assert vae.decode(mean).shape == (3, 8, 60)
+    assert vae.decode_ids(mean).shape == (3, 8)
+    torch.testing.assert_close(vae.unstandardize(vae.standardize(mean)), mean)
+
+
+def test_encoder_ignores_padding_content():
+    vae = _vae()
+    ids = torch.randint(4, 60, (1, 8))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]])
+    other = ids.clone()
+    other[0, 5:] = 7
+    torch.testing.assert_close(vae.encode(ids, mask), vae.encode(other, mask))
+
+
+def test_logits_select_nearest_table_row():
+    vae = _vae()
+    table = vae.token_table
+    assert torch.equal(vae.logits(table).argmax(-1), torch.arange(60))
+    candidates = torch.tensor([5, 9, 11])
+    assert torch.equal(vae.logits(table[candidates], candidates).argmax(-1), torch.arange(3))
+
+
+def test_blocks_round_trip():
+    blocks, mask = split_into_blocks(list(range(10, 21)), 4, eos_id=1, pad_id=0)
+    assert blocks.shape == (3, 4) and mask.sum() == 12
+    assert blocks[-1].tolist() == [18, 19, 20, 1]
+    assert join_blocks(blocks, eos_id=1) == list(range(10, 21))
+    blocks, mask = split_into_blocks([5, 6], 4, eos_id=1, pad_id=0)
+    assert blocks.tolist() == [[5, 6, 1, 0]] and mask.tolist() == [[1, 1, 1, 0]]
+
+
+def test_export_reload_identical(tmp_path):
+    vae = _vae()
+    with torch.no_grad():
+        vae.latent_mean.fill_(0.5)
+    vae.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    again = TextVAE.from_pretrained(tmp_path).eval()
+    ids = torch.randint(4, 60, (2, 8))
+    z = vae.encode(ids)
+    torch.testing.assert_close(again.encode(ids), z, rtol=0, atol=0)
+    torch.testing.assert_close(again.decode(z), vae.decode(z), rtol=0, atol=0)
+    assert torch.equal(again.latent_mean, vae.latent_mean)

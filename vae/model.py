@@ -1,0 +1,154 @@
+"""TextVAE: a block of L tokens ↔ K continuous latents, with a parallel (non-autoregressive) decoder."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ldlm.blocks import join_blocks, split_into_blocks
+
+
+def pca_token_table(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
+    """Project teacher input embeddings (V, H) onto their top ``dim`` principal axes, scaled to unit mean row norm
+    (so distance logits start near unit scale whatever ``dim`` is)."""
+    centered = embeddings.float() - embeddings.float().mean(0)
+    _, _, v = torch.linalg.svd(centered[torch.randperm(len(centered), generator=torch.Generator().manual_seed(0))[:20000]],
+                               full_matrices=False)
+    table = centered @ v[:dim].T
+    return table / table.norm(dim=-1).mean()
+
+
+def _stack(d_model: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model, heads, 4 * d_model, dropout, activation="gelu", batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class TextVAE(ModelMixin, ConfigMixin):
+    """Token block (B, L) → diagonal Gaussian over latents (B, K, C) → token logits (B, L, V).
+
+    Tokens are represented through a fixed table derived from the teacher's input embeddings (PCA), used for both
+    input and output (logits are negative squared distances to every row), so no parameter belongs to a single
+    token: a token never seen in training still has a meaningful embedding and can be reconstructed. Latent ``k``
+    is produced from the encoder states of its own span of ``L // K`` tokens.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        vocab_size: int,
+        block_length: int = 16,
+        latents_per_block: int = 4,
+        latent_channels: int = 32,
+        d_model: int = 256,
+        d_embed: int = 128,
+        heads: int = 4,
+        encoder_layers: int = 3,
+        decoder_layers: int = 3,
+        dropout: float = 0.0,
+        eos_token_id: int = 0,
+        pad_token_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if block_length % latents_per_block:
+            raise ValueError(f"block_length {block_length} is not a multiple of latents_per_block {latents_per_block}")
+        span = block_length // latents_per_block
+        self.register_buffer("token_table", torch.randn(vocab_size, d_embed) / d_embed**0.5)
+        self.register_buffer("latent_mean", torch.zeros(latent_channels))
+        self.register_buffer("latent_std", torch.ones(latent_channels))
+        self.embed_in = nn.Linear(d_embed, d_model)
+        self.pad_embedding = nn.Parameter(torch.zeros(d_model))
+        self.mask_embedding = nn.Parameter(torch.zeros(d_model))
+        self.enc_pos = nn.Parameter(torch.randn(block_length, d_model) * 0.02)
+        self.encoder = _stack(d_model, heads, encoder_layers, dropout)
+        self.enc_norm = nn.LayerNorm(d_model)
+        self.to_moments = nn.Linear(span * d_model, 2 * latent_channels)
+        self.from_latent = nn.Linear(latent_channels, span * d_model)
+        self.dec_pos = nn.Parameter(torch.randn(block_length, d_model) * 0.02)
+        self.decoder = _stack(d_model, heads, decoder_layers, dropout)
+        self.dec_norm = nn.LayerNorm(d_model)
+        self.embed_out = nn.Linear(d_model, d_embed)
+
+    def set_token_table(self, teacher_embeddings: torch.Tensor) -> None:
+        """Fill the fixed token table from the teacher's input embedding matrix (V, H)."""
+        self.token_table.copy_(pca_token_table(teacher_embeddings, self.config.d_embed))
+
+    def encode_distribution(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_dropout: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance, each (B, K, C)."""
+        cfg = self.config
+        x = self.embed_in(self.token_table[input_ids])
+        if token_dropout > 0:
+            drop = torch.rand(input_ids.shape, device=x.device) < token_dropout
+            x = torch.where(drop[..., None], self.mask_embedding, x)
+        pad = attention_mask == 0
+        x = torch.where(pad[..., None], self.pad_embedding, x) + self.enc_pos
+        h = self.enc_norm(self.encoder(x, src_key_padding_mask=pad))
+        moments = self.to_moments(h.reshape(h.shape[0], cfg.latents_per_block, -1))
+        mean, logvar = moments.chunk(2, dim=-1)
+        return mean, logvar.clamp(-12.0, 6.0)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Latents (B, K, C) in the VAE's own units: the posterior mean, or a sample of it."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mean, logvar = self.encode_distribution(input_ids, attention_mask)
+        if not sample:
+            return mean
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + (0.5 * logvar).exp() * noise
+
+    def decoder_states(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decoder output in token-table space (B, L, d_embed)."""
+        b = latents.shape[0]
+        x = self.from_latent(latents).reshape(b, self.config.block_length, -1) + self.dec_pos
+        return self.embed_out(self.dec_norm(self.decoder(x)))
+
+    def logits(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative squared distances (up to a per-position constant) to every table row, or to ``candidates``."""
+        table = self.token_table if candidates is None else self.token_table[candidates]
+        return 2 * states @ table.T - table.pow(2).sum(-1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Token logits (B, L, V) for latents (B, K, C)."""
+        return self.logits(self.decoder_states(latents))
+
+    def decode_ids(self, latents: torch.Tensor) -> torch.Tensor:
+        """Most likely token ids (B, L)."""
+        return self.decode(latents).argmax(-1)
+
+    def standardize(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE units → per-channel zero mean, unit variance (measured on the training set)."""
+        return (latents - self.latent_mean) / self.latent_std
+
+    def unstandardize(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents * self.latent_std + self.latent_mean
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], tokenizer) -> list[torch.Tensor]:
+        """Each text → its block latents (num_blocks * K, C), posterior means in VAE units."""
+        cfg = self.config
+        out = []
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            blocks, mask = split_into_blocks(ids, cfg.block_length, cfg.eos_token_id, cfg.pad_token_id)
+            latents = self.encode(blocks.to(self.device), mask.to(self.device))
+            out.append(latents.reshape(-1, cfg.latent_channels))
+        return out
+
+    @torch.no_grad()
+    def decode_text(self, latents: torch.Tensor, tokenizer) -> list[str]:
+        """Latent sequences (B, num_blocks * K, C) in VAE units → texts, cut at the first EOS."""
+        cfg = self.config
+        b = latents.shape[0]
+        ids = self.decode_ids(latents.reshape(-1, cfg.latents_per_block, cfg.latent_channels)).reshape(b, -1)
+        return [tokenizer.decode(join_blocks(row, cfg.eos_token_id)) for row in ids.cpu()]
