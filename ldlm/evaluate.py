@@ -51,12 +51,17 @@ def reconstruction_metrics(
     return out
 
 
-def evaluate_run(run: str | Path, texts: list[str], noise: list[float]) -> dict[float, dict[str, float]]:
-    """Reconstruction metrics of a training run's exported VAE on ``texts`` at each latent noise level; a token
-    type counts as seen when it occurs in the run's training corpora."""
+def _exported_run(run: str | Path) -> Path:
     run_dir = Path(run)
     if not (run_dir / "vae" / "config.json").is_file():
         raise LdlmError(f"{run_dir} has no exported VAE (expected {run_dir / 'vae'})")
+    return run_dir
+
+
+def evaluate_run(run: str | Path, texts: list[str], noise: list[float]) -> dict[float, dict[str, float]]:
+    """Reconstruction metrics of a training run's exported VAE on ``texts`` at each latent noise level; a token
+    type counts as seen when it occurs in the run's training corpora."""
+    run_dir = _exported_run(run)
     cfg = load_config(VAEExperiment, run_dir / "config.yaml")
     tokenizer = load_tokenizer(str(run_dir / "tokenizer"))
     vae = TextVAE.from_pretrained(run_dir / "vae")
@@ -69,6 +74,7 @@ def evaluate_run(run: str | Path, texts: list[str], noise: list[float]) -> dict[
 def evaluate_vae_cli(run: str, corpus: str, text_field: str, limit: int | None, skip: int, noise: list[float],
                      holdout_every: int, output: str | None) -> None:
     """Print (and optionally save as JSON) reconstruction metrics of a run's exported VAE on a corpus."""
+    _exported_run(run)
     texts = read_corpus(corpus, text_field, limit, skip, holdout_every=holdout_every, heldout=holdout_every > 0)
     results = evaluate_run(run, texts, noise)
     for sigma, metrics in results.items():
