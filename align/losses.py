@@ -54,9 +54,6 @@ def vavae_loss(
     return margin + dist_weight * distance, _masked_mean(cos, mask).detach()
 
 
-LOSSES = {"repa": repa_loss, "vavae": vavae_loss}
-
-
 @dataclass
 class AlignmentSchedule:
     """λ(step): linear warm-up to ``weight``, then constant; 0 from ``stop_step`` on (None: never stops)."""

@@ -14,8 +14,8 @@ def pca_token_table(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
     """Project teacher input embeddings (V, H) onto their top ``dim`` principal axes, scaled to unit mean row norm
     (so distance logits start near unit scale whatever ``dim`` is)."""
     centered = embeddings.float() - embeddings.float().mean(0)
-    _, _, v = torch.linalg.svd(centered[torch.randperm(len(centered), generator=torch.Generator().manual_seed(0))[:20000]],
-                               full_matrices=False)
+    sample = torch.randperm(len(centered), generator=torch.Generator().manual_seed(0))[:20000]
+    _, _, v = torch.linalg.svd(centered[sample], full_matrices=False)  # principal axes from a 20k-row sample
     table = centered @ v[:dim].T
     return table / table.norm(dim=-1).mean()
 
