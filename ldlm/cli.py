@@ -16,6 +16,24 @@ def _train_vae(args: argparse.Namespace) -> None:
     print(f"VAE exported to {train_vae(cfg)}")
 
 
+def _train_dit(args: argparse.Namespace) -> None:
+    from ldlm.config import DiTExperiment, load_config
+    from ldlm.train_dit import train_dit
+
+    path = train_dit(load_config(DiTExperiment, args.config, args.overrides))
+    if path is not None:
+        print(f"pipeline exported to {path}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from ldlm.generate import generate
+
+    texts = generate(args.model, args.prompt, args.num_samples, args.steps, args.seed, args.scheduler,
+                     args.guidance_scale, args.num_blocks, args.device)
+    for text in texts:
+        print(text.replace("\n", " "))  # one sample per line
+
+
 def _teacher_prepare(args: argparse.Namespace) -> None:
     from ldlm.align.registry import prepare
 
@@ -45,6 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.set_defaults(func=_train_vae)
 
+    p = sub.add_parser("train-dit", help="train a latent Diffusion Transformer on a frozen VAE's latents")
+    p.add_argument("--config", required=True, help="OmegaConf YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.set_defaults(func=_train_dit)
+
+    p = sub.add_parser("generate", help="generate text (default: the shipped E2E checkpoint)")
+    p.add_argument("--model", default=None, help="pipeline folder (default: checkpoints/ldlm-e2e-smollm2)")
+    p.add_argument("--prompt", nargs="+", default=None, help="one or more prompts to continue")
+    p.add_argument("--num-samples", type=int, default=4, help="samples (per prompt)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", default=None, help="ddpm | ddim | dpm++ | euler | unipc (vp models); "
+                   "flow-euler | flow-heun (flow models); default: the pipeline's own")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance on the prompt")
+    p.add_argument("--num-blocks", type=int, default=None, help="length in blocks, prompt included")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_generate)
+
     p = sub.add_parser("features", help="precompute teacher features (split over processes under torchrun)")
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*")
@@ -62,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--skip", type=int, default=0)
     p.add_argument("--noise", type=float, nargs="*", default=[0.0, 0.1, 0.3, 0.5])
-    p.add_argument("--holdout-every", type=int, default=0, help="evaluate the documents i %% N == 0 held out in training")
+    p.add_argument("--holdout-every", type=int, default=0,
+                   help="evaluate the documents i %% N == 0 held out in training")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.set_defaults(func=_eval_vae)
     return parser

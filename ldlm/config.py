@@ -89,8 +89,9 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 500
     accelerator: str = "auto"
-    devices: int = 1
-    strategy: str = "auto"
+    devices: int = 1  # per node
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp (DiT: FSDP2 through Lightning's ModelParallelStrategy)
     precision: str = "32-true"
     seed: int = 0
     resume: bool = True  # continue from output_dir/checkpoints/last.safetensors when present
@@ -105,6 +106,58 @@ class VAEExperiment:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class DiTDataConfig:
+    train: list[CorpusConfig] = field(default_factory=lambda: [CorpusConfig()])
+    max_blocks: int = 8  # window length in blocks (the DiT's positions); longer documents are cropped at random
+    val_fraction: float = 0.02
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class DiTModelConfig:
+    preset: str = "small"  # tiny | small | base | large
+    hidden_size: Optional[int] = None  # set any of these to override the preset
+    num_layers: Optional[int] = None
+    num_heads: Optional[int] = None
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class DiffusionConfig:
+    objective: str = "vp"  # vp | flow
+    prediction_type: str = "v_prediction"  # vp: epsilon | v_prediction | sample (flow always predicts velocity)
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    timestep_sampling: str = "uniform"  # uniform | logit_normal
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    scheduler: str = "dpm++"  # saved with the pipeline: ddpm | ddim | dpm++ | euler | unipc | flow-euler | flow-heun
+    shift: float = 1.0  # flow schedulers' timestep shift
+    self_condition: float = 0.5  # probability a training batch feeds back the model's own x0 estimate
+    context_prob: float = 0.5  # probability a training window keeps its first blocks clean as context
+    context_dropout: float = 0.1  # context swapped for the null condition (classifier-free guidance)
+    ema_decay: float = 0.999
+
+
+@dataclass
+class SampleConfig:
+    every: int = 500  # decode samples to text every N steps (0: never)
+    num_samples: int = 4
+    steps: int = 25
+
+
+@dataclass
+class DiTExperiment:
+    vae: str = "checkpoints/ldlm-e2e-smollm2"  # exported VAE (training output, pipeline, or VAE folder + tokenizer/)
+    data: DiTDataConfig = field(default_factory=DiTDataConfig)
+    model: DiTModelConfig = field(default_factory=DiTModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/dit", lr=3e-4))
 
 
 def _describe(err: OmegaConfBaseException) -> str:

@@ -143,6 +143,14 @@ def latent_mask(attention_mask: torch.Tensor, latents_per_block: int) -> torch.T
     return attention_mask.view(len(attention_mask), latents_per_block, -1).amax(-1)
 
 
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool) -> DataLoader:
+    """Shuffled full batches for training; in-order batches of twice the size for validation."""
+    if not train:
+        return DataLoader(dataset, batch_size * 2, num_workers=num_workers)
+    return DataLoader(dataset, batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
 class BlockDataModule(L.LightningDataModule):
     """Train/val blocks of the configured corpora, with standardized teacher features when ``teacher`` is given."""
 
@@ -180,8 +188,7 @@ class BlockDataModule(L.LightningDataModule):
         return torch.unique(self.train_set.input_ids[self.train_set.attention_mask.bool()])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=len(self.train_set) > self.batch_size,
-                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+        return make_loader(self.train_set, self.batch_size, self.cfg.num_workers, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size * 2, num_workers=self.cfg.num_workers)
+        return make_loader(self.val_set, self.batch_size, self.cfg.num_workers, train=False)

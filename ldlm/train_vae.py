@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from ldlm.checkpoint_io import SafetensorsCheckpointIO, atomic_dir
 from ldlm.config import VAEExperiment
 from ldlm.data import BlockDataModule, latent_mask, pad_id_of
 from ldlm.errors import LdlmError
+from ldlm.optim import adamw_warmup_cosine
 from ldlm.vae.model import TextVAE
 
 
@@ -101,20 +101,7 @@ class TextVAEModule(L.LightningModule):
         self.log("val_acc", metrics["acc"], prog_bar=True, logger=False, sync_dist=True)
 
     def configure_optimizers(self):
-        cfg = self.train_cfg
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "pos" not in n]
-        rest = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "pos" not in n)]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                                       {"params": rest, "weight_decay": 0.0}], lr=cfg["lr"])
-
-        def factor(step: int) -> float:
-            if step < cfg["warmup_steps"]:
-                return (step + 1) / cfg["warmup_steps"]
-            progress = min(1.0, (step - cfg["warmup_steps"]) / max(1, cfg["max_steps"] - cfg["warmup_steps"]))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.train_cfg)
 
 
 @torch.no_grad()
@@ -144,7 +131,7 @@ def build_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
     return vae
 
 
-def _loggers(out: Path) -> list:
+def make_loggers(out: Path) -> list:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     loggers = [CSVLogger(out, name="logs", version="")]
@@ -187,9 +174,10 @@ def train_vae(cfg: VAEExperiment) -> Path:
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         max_time={"minutes": cfg.train.max_minutes} if cfg.train.max_minutes else None,
-        accelerator=cfg.train.accelerator, devices=cfg.train.devices, strategy=cfg.train.strategy,
+        accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
+        strategy=cfg.train.strategy,
         precision=cfg.train.precision, val_check_interval=cfg.train.val_every,
-        check_val_every_n_epoch=None, log_every_n_steps=cfg.train.log_every, logger=_loggers(out),
+        check_val_every_n_epoch=None, log_every_n_steps=cfg.train.log_every, logger=make_loggers(out),
         callbacks=[checkpoint], plugins=[SafetensorsCheckpointIO()], enable_progress_bar=cfg.train.progress_bar,
         num_sanity_val_steps=0,
     )

@@ -50,3 +50,22 @@ def teacher_dirs(tmp_path_factory, tokenizer) -> dict[str, str]:
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own feature cache."""
     monkeypatch.setenv("LDLM_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def vae_dir(tmp_path_factory, tokenizer) -> str:
+    """A small random-weight TextVAE (latent stats measured on the built-in corpus) saved with the word tokenizer."""
+    from ldlm.data import pad_id_of, to_blocks, tokenize
+    from ldlm.train_vae import measure_latent_stats
+    from ldlm.vae.model import TextVAE
+
+    torch.manual_seed(0)
+    vae = TextVAE(vocab_size=len(tokenizer), block_length=8, latents_per_block=2, latent_channels=8, d_model=32,
+                  d_embed=16, heads=2, encoder_layers=1, decoder_layers=1, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=pad_id_of(tokenizer))
+    vae.set_token_table(torch.randn(len(tokenizer), 32))
+    measure_latent_stats(vae, to_blocks(tokenize(restaurant_sentences(300), tokenizer), 8, pad_id_of(tokenizer)))
+    folder = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(folder / "vae")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    return str(folder)

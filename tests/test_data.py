@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from ldlm.corpus import read_corpus, restaurant_sentences
 from ldlm.data import split_documents, to_blocks, tokenize

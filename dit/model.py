@@ -1,0 +1,163 @@
+"""LatentDiT: a Diffusion Transformer with adaLN-Zero blocks over sequences of block latents (B, N, C)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+@functools.lru_cache(maxsize=None)
+def _xformers_attention():
+    """xformers' memory-efficient attention when CUDA and xformers are both present, else None."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from xformers.ops import memory_efficient_attention
+    except ImportError:
+        return None
+    return memory_efficient_attention
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head self-attention (SDPA by default, xformers on CUDA when installed)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).unbind(2)  # each (B, N, H, D)
+        xformers = _xformers_attention() if x.is_cuda else None
+        if xformers is not None:
+            out = xformers(q, k, v)
+        else:
+            q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # (B, H, N, D)
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return self.proj(out.reshape(b, n, d))
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm attention + MLP, each shifted/scaled/gated by the conditioning vector (adaLN-Zero)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class LatentDiT(ModelMixin, ConfigMixin):
+    """Denoiser over standardized latent sequences (B, N, C), N = blocks × latents_per_block.
+
+    Input per position: the noisy latent, the self-conditioning estimate of the clean latent (zeros when absent) and
+    a flag saying whether the position is a clean context latent (a prompt or earlier blocks, given as is) or one to
+    denoise. Context can be swapped for a learned null vector (``drop_context``), the unconditional branch of
+    classifier-free guidance. Positions are learned per block and per latent slot within a block.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 32,
+        latents_per_block: int = 4,
+        max_blocks: int = 8,
+        hidden_size: int = 256,
+        num_layers: int = 8,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        objective: str = "vp",
+        prediction_type: str = "v_prediction",
+    ) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.x_embed = nn.Linear(2 * latent_channels, hidden_size)
+        self.block_pos = nn.Parameter(torch.randn(max_blocks, hidden_size) * 0.02)
+        self.slot_pos = nn.Parameter(torch.randn(latents_per_block, hidden_size) * 0.02)
+        self.context_flag = nn.Parameter(torch.randn(hidden_size) * 0.02)
+        self.null_context = nn.Parameter(torch.zeros(latent_channels))
+        self.t_embed = nn.Sequential(nn.Linear(256, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.final_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.out = nn.Linear(hidden_size, latent_channels)
+        for layer in (self.final_ada[1], self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def tiny(cls, **kwargs) -> "LatentDiT":
+        """~0.2M parameters (with 32 channels): tests and smoke runs."""
+        return cls(**{"hidden_size": 64, "num_layers": 2, "num_heads": 4, **kwargs})
+
+    @classmethod
+    def small(cls, **kwargs) -> "LatentDiT":
+        """~9.8M parameters: the shipped E2E model (trains on a laptop CPU)."""
+        return cls(**{"hidden_size": 256, "num_layers": 8, "num_heads": 4, **kwargs})
+
+    @classmethod
+    def base(cls, **kwargs) -> "LatentDiT":
+        """~58M parameters."""
+        return cls(**{"hidden_size": 512, "num_layers": 12, "num_heads": 8, **kwargs})
+
+    @classmethod
+    def large(cls, **kwargs) -> "LatentDiT":
+        """~190M parameters: a GPU model."""
+        return cls(**{"hidden_size": 768, "num_layers": 18, "num_heads": 12, **kwargs})
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        self_cond: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        drop_context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Model output (B, N, C) for ``sample`` (B, N, C) at ``timestep`` (scalar or (B,)).
+
+        ``context_mask`` (B, N) marks clean context positions (their ``sample`` entries are the clean latents);
+        ``drop_context`` (B,) replaces a row's context by the null condition.
+        """
+        b, n, c = sample.shape
+        k = self.config.latents_per_block
+        if n % k or n // k > self.config.max_blocks:
+            raise ValueError(f"sequence of {n} latents is not 1..{self.config.max_blocks} blocks of {k}")
+        if context_mask is None:
+            context_mask = torch.zeros(b, n, dtype=torch.bool, device=sample.device)
+        context_mask = context_mask.bool()
+        if drop_context is not None:
+            null = context_mask & drop_context.bool()[:, None]
+            sample = torch.where(null[..., None], self.null_context.to(sample.dtype), sample)
+        if self_cond is None:
+            self_cond = torch.zeros_like(sample)
+        self_cond = torch.where(context_mask[..., None], sample, self_cond)
+        pos = (self.block_pos[: n // k, None] + self.slot_pos[None]).reshape(n, -1)
+        x = self.x_embed(torch.cat([sample, self_cond], dim=-1)) + pos + context_mask[..., None] * self.context_flag
+        t = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32).reshape(-1).expand(b)
+        cond = self.t_embed(get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0).to(x.dtype))
+        for block in self.blocks:
+            x = block(x, cond)
+        shift, scale = self.final_ada(cond).chunk(2, dim=-1)
+        return self.out(modulate(self.final_norm(x), shift, scale))

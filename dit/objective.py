@@ -1,0 +1,136 @@
+"""Training objectives that match diffusers schedulers, and conversions between model outputs and clean latents.
+
+Two families:
+- ``vp``: variance preserving, x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, with ᾱ from the scheduler's beta schedule; the model
+  predicts ε (``epsilon``), v = √ᾱ·ε − √(1−ᾱ)·x0 (``v_prediction``) or x0 (``sample``). Sampled with DDPM, DDIM,
+  DPM-Solver++, Euler, UniPC.
+- ``flow``: rectified flow, x_σ = (1−σ)·x0 + σ·ε with σ = t / T, the model predicts the velocity ε − x0. Sampled
+  with FlowMatchEuler / FlowMatchHeun.
+"""
+from __future__ import annotations
+
+import diffusers
+import torch
+from diffusers import DDPMScheduler
+
+VP_SCHEDULERS = {
+    "ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler", "unipc": "UniPCMultistepScheduler",
+}
+FLOW_SCHEDULERS = {"flow-euler": "FlowMatchEulerDiscreteScheduler", "flow-heun": "FlowMatchHeunDiscreteScheduler"}
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def is_flow_scheduler(scheduler) -> bool:
+    return type(scheduler).__name__.startswith("FlowMatch") or bool(getattr(scheduler.config, "use_flow_sigmas", False))
+
+
+def scheduler_class(name: str) -> type:
+    """The diffusers scheduler class behind a short name."""
+    names = {**VP_SCHEDULERS, **FLOW_SCHEDULERS}
+    if name not in names:
+        raise ValueError(f"unknown scheduler '{name}'; choose from {', '.join(names)}")
+    return getattr(diffusers, names[name])
+
+
+def make_scheduler(name: str, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
+                   prediction_type: str = "v_prediction", shift: float = 1.0):
+    """A diffusers scheduler by short name (``VP_SCHEDULERS`` / ``FLOW_SCHEDULERS``)."""
+    cls = scheduler_class(name)
+    if name in FLOW_SCHEDULERS:
+        return cls(num_train_timesteps=num_train_timesteps, shift=shift)
+    extra = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
+    # Settings given explicitly travel in the config, so a scheduler swapped in with from_config keeps them: never
+    # clip (standardized latents are not in [-1, 1]) and start sampling from the last timestep (pure noise).
+    return cls.from_config({
+        "num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule, "prediction_type": prediction_type,
+        "clip_sample": False, "thresholding": False, "timestep_spacing": "trailing", **extra})
+
+
+class DiffusionObjective:
+    """Noising, regression targets, timestep sampling and output ↔ x0 conversions for one objective."""
+
+    def __init__(self, objective: str = "vp", prediction_type: str = "v_prediction", num_train_timesteps: int = 1000,
+                 beta_schedule: str = "squaredcos_cap_v2", timestep_sampling: str = "uniform",
+                 logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
+        if objective not in ("vp", "flow"):
+            raise ValueError(f"objective must be 'vp' or 'flow', got '{objective}'")
+        if objective == "vp" and prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got '{prediction_type}'")
+        if timestep_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"timestep_sampling must be 'uniform' or 'logit_normal', got '{timestep_sampling}'")
+        self.objective = objective
+        self.prediction_type = "flow_prediction" if objective == "flow" else prediction_type
+        self.num_train_timesteps = num_train_timesteps
+        self.timestep_sampling, self.logit_mean, self.logit_std = timestep_sampling, logit_mean, logit_std
+        self.alphas_cumprod = (DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+                               .alphas_cumprod.float() if objective == "vp" else None)
+
+    @classmethod
+    def from_scheduler(cls, scheduler) -> "DiffusionObjective":
+        """The objective a scheduler samples (its family, prediction type and beta schedule)."""
+        cfg = scheduler.config
+        if is_flow_scheduler(scheduler):
+            return cls("flow", num_train_timesteps=cfg.num_train_timesteps)
+        objective = cls("vp", cfg.prediction_type, cfg.num_train_timesteps, cfg.beta_schedule)
+        objective.alphas_cumprod = scheduler.alphas_cumprod.float()  # whatever betas the scheduler was given
+        return objective
+
+    def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
+        """Training timesteps in [0, T): integers for ``vp``, reals (σ·T) for ``flow``."""
+        if self.timestep_sampling == "uniform":
+            u = torch.rand(batch, device=device, generator=generator)
+        else:
+            u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(batch, device=device, generator=generator))
+        t = u * self.num_train_timesteps
+        return t.floor().clamp(max=self.num_train_timesteps - 1) if self.objective == "vp" else t
+
+    def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, s) with x_t = a·x0 + s·ε, broadcastable to ``like``. Fractional VP timesteps (Euler) interpolate the
+        noise-to-signal ratio σ = s/a linearly, as diffusers' Euler scheduler does."""
+        t = torch.as_tensor(t, device=like.device).float().reshape(-1)
+        if self.objective == "flow":
+            sigma = (t / self.num_train_timesteps).clamp(0.0, 1.0)
+            a, s = 1 - sigma, sigma
+        else:
+            ab = self.alphas_cumprod.to(like.device)
+            table = ((1 - ab) / ab).sqrt()
+            t = t.clamp(0, len(table) - 1)
+            lo = t.floor().long()
+            hi = (lo + 1).clamp(max=len(table) - 1)
+            sigma = table[lo] + (t - lo) * (table[hi] - table[lo])
+            a = (1 + sigma**2).rsqrt()
+            s = sigma * a
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return a.to(like.dtype).reshape(shape), s.to(like.dtype).reshape(shape)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = self._coefficients(t, x0)
+        return a * x0 + s * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = self._coefficients(t, x0)
+        if self.objective == "flow":
+            return noise - x0
+        return {"epsilon": noise, "v_prediction": a * noise - s * x0, "sample": x0}[self.prediction_type]
+
+    def to_x0(self, x_t: torch.Tensor, output: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Clean-latent estimate from a model output."""
+        a, s = self._coefficients(t, x_t)
+        if self.objective == "flow":
+            return x_t - s * output
+        if self.prediction_type == "epsilon":
+            return (x_t - s * output) / a.clamp(min=1e-4)
+        if self.prediction_type == "v_prediction":
+            return a * x_t - s * output
+        return output
+
+    def from_x0(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model output that corresponds to the clean-latent estimate ``x0`` at ``x_t``."""
+        a, s = self._coefficients(t, x_t)
+        if self.objective == "flow":
+            return (x_t - x0) / s.clamp(min=1e-4)
+        if self.prediction_type == "sample":
+            return x0
+        eps = (x_t - a * x0) / s.clamp(min=1e-4)
+        return eps if self.prediction_type == "epsilon" else a * eps - s * x0

@@ -1,0 +1,136 @@
+"""Stage-2 data: documents → frozen-VAE block latents (cached on disk) → fixed-length windows for the DiT."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ldlm.align.cache import ShardCache, cache_key
+from ldlm.align.registry import cache_root
+from ldlm.align.teacher import load_tokenizer
+from ldlm.config import DiTDataConfig
+from ldlm.data import (make_loader, pad_id_of, split_documents, to_blocks, tokenizer_fingerprint,
+                       training_documents)
+from ldlm.errors import LdlmError
+from ldlm.vae.model import TextVAE
+
+
+def load_vae(path: str | Path) -> tuple[TextVAE, object]:
+    """A frozen VAE and its tokenizer from a VAE training output or pipeline folder (``vae/`` + ``tokenizer/``) or
+    a VAE folder holding ``tokenizer/``."""
+    root = Path(path)
+    folder = root / "vae" if (root / "vae" / "config.json").is_file() else root
+    if not (folder / "config.json").is_file() or not (root / "tokenizer").is_dir():
+        raise LdlmError(f"{path} holds no exported VAE with a tokenizer/ folder")
+    vae = TextVAE.from_pretrained(folder).float().eval().requires_grad_(False)
+    return vae, load_tokenizer(str(root / "tokenizer"))
+
+
+def vae_fingerprint(vae: TextVAE) -> str:
+    """Hash of the VAE's config and every weight and buffer."""
+    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}  # not where it was loaded from
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def end_block_latents(vae: TextVAE) -> torch.Tensor:
+    """Standardized latents (K, C) of a block holding only EOS: what follows the end of a document."""
+    cfg = vae.config
+    ids = torch.full((1, cfg.block_length), cfg.pad_token_id, dtype=torch.long)
+    ids[0, 0] = cfg.eos_token_id
+    mask = torch.zeros_like(ids)
+    mask[0, 0] = 1
+    return vae.standardize(vae.encode(ids.to(vae.device), mask.to(vae.device)))[0].cpu()
+
+
+@torch.no_grad()
+def document_latents(vae: TextVAE, tokenizer, documents: list[list[int]], shard_docs: int = 4000,
+                     batch_size: int = 512) -> list[torch.Tensor]:
+    """Standardized posterior-mean latents (blocks·K, C) of each EOS-terminated document, through an on-disk
+    shard cache keyed by the VAE weights, tokenizer and corpus."""
+    key = cache_key({"vae": vae_fingerprint(vae), "tokenizer": tokenizer_fingerprint(tokenizer),
+                     "corpus": hashlib.sha256(json.dumps(documents).encode()).hexdigest(),
+                     "shard_docs": shard_docs, "version": 1})
+    cfg = vae.config
+
+    def compute(index: int) -> dict[str, torch.Tensor]:
+        docs = documents[index * shard_docs : (index + 1) * shard_docs]
+        blocks = to_blocks(docs, cfg.block_length, cfg.pad_token_id)
+        out = []
+        for start in range(0, len(blocks), batch_size):
+            ids = blocks.input_ids[start : start + batch_size].to(vae.device)
+            mask = blocks.attention_mask[start : start + batch_size].to(vae.device)
+            out.append(vae.standardize(vae.encode(ids, mask)).cpu())
+        counts = torch.bincount(blocks.doc_id, minlength=len(docs))
+        return {"latents": torch.cat(out).reshape(-1, cfg.latent_channels), "blocks": counts}
+
+    shards = ShardCache(cache_root() / "latents", key).get(-(-len(documents) // shard_docs), compute)
+    latents = []
+    for shard in shards:
+        latents += list(shard["latents"].split((shard["blocks"] * cfg.latents_per_block).tolist()))
+    return latents
+
+
+class LatentWindows(Dataset):
+    """A window of ``max_blocks`` consecutive blocks of one document (a random start when the document is longer and
+    ``crop`` is set, else its first blocks), padded after the document's end with end-of-text block latents."""
+
+    def __init__(self, documents: list[torch.Tensor], end_block: torch.Tensor, max_blocks: int,
+                 crop: bool = True) -> None:
+        self.documents, self.end_block, self.max_blocks, self.crop = documents, end_block, max_blocks, crop
+        self.k = end_block.shape[0]
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        doc = self.documents[i]
+        blocks = len(doc) // self.k
+        start = int(torch.randint(blocks - self.max_blocks + 1, ())) if self.crop and blocks > self.max_blocks else 0
+        window = doc[start * self.k : (start + self.max_blocks) * self.k]
+        real = len(window) // self.k
+        pad = self.end_block.repeat(self.max_blocks - real, 1)
+        return {"latents": torch.cat([window, pad]).float(), "num_blocks": torch.tensor(real)}
+
+
+class LatentDataModule(L.LightningDataModule):
+    """Train/val latent windows of the configured corpora under a frozen VAE; the latent cache is filled once, on
+    the first process (``prepare_data``), and read by every process."""
+
+    def __init__(self, cfg: DiTDataConfig, vae_path: str, batch_size: int) -> None:
+        super().__init__()
+        self.cfg, self.vae_path, self.batch_size = cfg, vae_path, batch_size
+        self.train_set: LatentWindows | None = None
+        self.val_set: LatentWindows | None = None
+
+    def _latents(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        vae, tokenizer = load_vae(self.vae_path)
+        if pad_id_of(tokenizer) != vae.config.pad_token_id:
+            raise LdlmError(f"tokenizer in {self.vae_path} does not match its VAE (pad id)")
+        latents = document_latents(vae, tokenizer, training_documents(self.cfg, tokenizer))
+        return latents, end_block_latents(vae)
+
+    def prepare_data(self) -> None:
+        self._latents()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        latents, end = self._latents()
+        train, val = split_documents(len(latents), self.cfg.val_fraction, self.cfg.seed)
+        self.train_set = LatentWindows([latents[i] for i in train], end, self.cfg.max_blocks)
+        self.val_set = LatentWindows([latents[i] for i in val], end, self.cfg.max_blocks, crop=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self.train_set, self.batch_size, self.cfg.num_workers, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, self.batch_size, self.cfg.num_workers, train=False)

@@ -1,0 +1,227 @@
+"""LatentDiffusionLMPipeline: noise → LatentDiT + diffusers scheduler → block latents → TextVAE decoder → text."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ldlm.dit.model import LatentDiT
+from ldlm.dit.objective import DiffusionObjective
+from ldlm.vae.model import TextVAE
+
+
+@dataclass
+class LatentDiffusionLMOutput(BaseOutput):
+    """``texts``: one string per sample (None for ``output_type="latent"``); ``latents``: (B, blocks·K, C) in VAE
+    units, ready for ``vae.decode`` after a reshape to blocks."""
+
+    texts: list[str] | None
+    latents: torch.Tensor
+
+
+class LatentDiffusionLMPipeline(DiffusionPipeline):
+    """Generates text by denoising all blocks of a sequence in parallel, optionally continuing a prompt.
+
+    A prompt's complete blocks become clean context latents; a trailing partial block is generated with its first
+    tokens held to the prompt (each step's clean estimate is decoded, the prompt tokens written back, and the block
+    re-encoded). ``guidance_scale > 1`` applies classifier-free guidance against the null context, so it acts only
+    when a prompt has at least one complete block.
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+
+    def __init__(self, vae: TextVAE, transformer: LatentDiT, scheduler, tokenizer) -> None:
+        super().__init__()
+        self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler, tokenizer=tokenizer)
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if isinstance(value, (TextVAE, LatentDiT)):
+            # diffusers takes the `dit` of `ldlm.dit.model` for its own DiT pipeline folder: record the true module
+            self.register_to_config(**{name: (type(value).__module__, type(value).__name__)})
+
+    def objective(self) -> DiffusionObjective:
+        """The objective of the current scheduler; it must be the one the transformer was trained with."""
+        if self.scheduler.config.get("clip_sample") or self.scheduler.config.get("thresholding"):
+            raise ValueError(f"{type(self.scheduler).__name__} clips clean-latent estimates (clip_sample/"
+                             "thresholding); standardized latents need clip_sample=False, thresholding=False")
+        objective = DiffusionObjective.from_scheduler(self.scheduler)
+        cfg = self.transformer.config
+        trained = "flow_prediction" if cfg.objective == "flow" else cfg.prediction_type
+        if (objective.objective, objective.prediction_type) != (cfg.objective, trained):
+            raise ValueError(f"scheduler {type(self.scheduler).__name__} samples a {objective.objective}/"
+                             f"{objective.prediction_type} model, but the transformer was trained as {cfg.objective}/"
+                             f"{trained}")
+        return objective
+
+    def check_inputs(self, prompt, num_blocks: int, num_inference_steps: int, guidance_scale: float,
+                     num_samples: int, output_type: str) -> None:
+        max_blocks = self.transformer.config.max_blocks
+        if not isinstance(num_blocks, int) or not 1 <= num_blocks <= max_blocks:
+            raise ValueError(f"num_blocks must be an integer in 1..{max_blocks}, got {num_blocks!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a non-negative number, got {guidance_scale!r}")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples_per_prompt must be a positive integer, got {num_samples!r}")
+        if output_type not in ("text", "latent"):
+            raise ValueError(f"output_type must be 'text' or 'latent', got {output_type!r}")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if prompts is not None and (not isinstance(prompts, list) or not prompts
+                                    or not all(isinstance(p, str) for p in prompts)):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
+
+    def _prompt_ids(self, prompts: list[str], num_blocks: int) -> list[list[int]]:
+        capacity = num_blocks * self.vae.config.block_length
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        for text, row in zip(prompts, ids):
+            if len(row) >= capacity:
+                raise ValueError(f"prompt of {len(row)} tokens leaves no room in {num_blocks} blocks "
+                                 f"({capacity} tokens): raise num_blocks or shorten {text[:40]!r}")
+        return ids
+
+    def _encode_blocks(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Standardized latents (B·K, C) of token blocks (B, L)."""
+        return self.vae.standardize(self.vae.encode(ids, mask)).reshape(-1, self.vae.config.latent_channels)
+
+    def _context(self, prompt_ids: list[list[int]], n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean latents and mask (B, N) of each prompt's complete blocks."""
+        cfg = self.vae.config
+        context = torch.zeros(len(prompt_ids), n, cfg.latent_channels, device=device)
+        mask = torch.zeros(len(prompt_ids), n, dtype=torch.bool, device=device)
+        for row, ids in enumerate(prompt_ids):
+            full = len(ids) // cfg.block_length
+            if full:
+                blocks = torch.tensor(ids[: full * cfg.block_length], device=device).view(full, -1)
+                context[row, : full * cfg.latents_per_block] = self._encode_blocks(blocks, torch.ones_like(blocks))
+                mask[row, : full * cfg.latents_per_block] = True
+        return context, mask
+
+    def _held_positions(self, prompt_ids: list[list[int]], n: int, device) -> torch.Tensor:
+        """(B, N) mask of the latents of each prompt's trailing partial block."""
+        cfg = self.vae.config
+        mask = torch.zeros(len(prompt_ids), n, dtype=torch.bool, device=device)
+        for row, ids in enumerate(prompt_ids):
+            full, rest = divmod(len(ids), cfg.block_length)
+            if rest:
+                mask[row, full * cfg.latents_per_block : (full + 1) * cfg.latents_per_block] = True
+        return mask
+
+    def _hold_prompt_tokens(self, x0: torch.Tensor, prompt_ids: list[list[int]]) -> torch.Tensor:
+        """Write each prompt's trailing partial-block tokens into the clean estimate of that block."""
+        cfg = self.vae.config
+        k, length = cfg.latents_per_block, cfg.block_length
+        x0 = x0.clone()
+        for row, ids in enumerate(prompt_ids):
+            full, rest = divmod(len(ids), length)
+            if not rest:
+                continue
+            span = slice(full * k, (full + 1) * k)
+            block = self.vae.decode_ids(self.vae.unstandardize(x0[row, span]).to(self.vae.dtype)[None])[0]
+            block[:rest] = torch.tensor(ids[full * length :], device=block.device)
+            eos = (block == cfg.eos_token_id).nonzero()
+            mask = torch.ones_like(block)
+            if len(eos):
+                mask[int(eos[0]) + 1 :] = 0
+            x0[row, span] = self._encode_blocks(block[None], mask[None])
+        return x0
+
+    def _texts(self, latents: torch.Tensor, prompt_ids: list[list[int]] | None) -> list[str]:
+        cfg = self.vae.config
+        ids = self.vae.decode_ids(latents.reshape(-1, cfg.latents_per_block, cfg.latent_channels).to(self.vae.dtype))
+        ids = ids.reshape(len(latents), -1).tolist()
+        texts = []
+        for row, flat in enumerate(ids):
+            prefix = prompt_ids[row] if prompt_ids else []
+            rest = flat[len(prefix):]
+            rest = rest[: rest.index(cfg.eos_token_id)] if cfg.eos_token_id in rest else rest
+            texts.append(self.tokenizer.decode(prefix + rest, skip_special_tokens=True))
+        return texts
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        num_blocks: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 1.0,
+        num_samples_per_prompt: int = 1,
+        batch_size: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "text",
+        callback_on_step_end: Callable[["LatentDiffusionLMPipeline", int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+        return_dict: bool = True,
+    ) -> LatentDiffusionLMOutput | tuple:
+        """Generate ``num_samples_per_prompt`` texts per prompt (or ``batch_size`` unconditional texts, default 1)
+        of ``num_blocks`` blocks (default: the transformer's window), prompt included."""
+        num_blocks = self.transformer.config.max_blocks if num_blocks is None else num_blocks
+        self.check_inputs(prompt, num_blocks, num_inference_steps, guidance_scale, num_samples_per_prompt, output_type)
+        if prompt is not None and batch_size is not None:
+            raise ValueError("pass either prompt or batch_size, not both")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        objective = self.objective()
+        device, cfg = self._execution_device, self.vae.config
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        prompt_ids = None
+        if prompts is not None:
+            prompt_ids = [ids for ids in self._prompt_ids(prompts, num_blocks) for _ in range(num_samples_per_prompt)]
+        b = len(prompt_ids) if prompt_ids else (batch_size or 1) * num_samples_per_prompt
+        n = num_blocks * cfg.latents_per_block
+        if prompt_ids:
+            context, context_mask = self._context(prompt_ids, n, device)
+        else:
+            context = torch.zeros(b, n, cfg.latent_channels, device=device)
+            context_mask = torch.zeros(b, n, dtype=torch.bool, device=device)
+        guided = guidance_scale > 1 and bool(context_mask.any())
+        partial = prompt_ids is not None and any(len(ids) % cfg.block_length for ids in prompt_ids)
+        dtype = self.transformer.dtype  # the model runs in its dtype; the sampler state stays fp32
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = randn_tensor((b, n, cfg.latent_channels), generator=generator, device=device, dtype=torch.float32)
+        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
+        accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if accepts_generator else {}
+        scales_input = hasattr(self.scheduler, "scale_model_input")
+        held = self._held_positions(prompt_ids, n, device) if partial else None
+        x0 = x0_uncond = None
+        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+            for i, t in enumerate(self.scheduler.timesteps):
+                x_in = self.scheduler.scale_model_input(latents, t) if scales_input else latents
+                x_in = torch.where(context_mask[..., None], context, x_in)
+                timestep = t.expand(b)
+                if guided:  # each branch feeds back its own previous estimate
+                    self_cond = None if x0 is None else torch.cat([x0, x0_uncond]).to(dtype)
+                    both = self.transformer(torch.cat([x_in, x_in]).to(dtype), torch.cat([timestep, timestep]),
+                                            self_cond, torch.cat([context_mask, context_mask]),
+                                            torch.arange(2 * b, device=device) >= b).float()
+                    cond, uncond = both.chunk(2)
+                    x0_uncond = objective.to_x0(x_in, uncond, t)
+                    output = uncond + guidance_scale * (cond - uncond)
+                else:
+                    self_cond = None if x0 is None else x0.to(dtype)
+                    output = self.transformer(x_in.to(dtype), timestep, self_cond, context_mask).float()
+                x0 = objective.to_x0(x_in, output, t)
+                if partial:
+                    x0 = self._hold_prompt_tokens(x0, prompt_ids)
+                    output = torch.where(held[..., None], objective.from_x0(x_in, x0, t), output)
+                latents = self.scheduler.step(output, t, latents, **step_kwargs).prev_sample
+                if callback_on_step_end is not None:
+                    values = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    latents = callback_on_step_end(self, i, t, values).get("latents", latents)
+                bar.update()
+        latents = torch.where(context_mask[..., None], context, latents)
+        if partial:
+            latents = self._hold_prompt_tokens(latents, prompt_ids)
+        latents = self.vae.unstandardize(latents).float()
+        texts = self._texts(latents, prompt_ids) if output_type == "text" else None
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return texts, latents
+        return LatentDiffusionLMOutput(texts=texts, latents=latents)

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from ldlm.dit.model import LatentDiT
+from ldlm.dit.objective import DiffusionObjective
+
+
+def test_shapes_and_presets():
+    model = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4)
+    x = torch.randn(3, 8, 8)
+    assert model(x, torch.tensor([0, 500, 999])).shape == (3, 8, 8)
+    assert model(x[:, :2], 10.0).shape == (3, 2, 8)
+    assert LatentDiT.small().num_parameters() > 5 * LatentDiT.tiny().num_parameters()
+    with pytest.raises(ValueError, match="not 1..4 blocks"):
+        model(torch.randn(1, 10, 8), 1)
+    with pytest.raises(ValueError, match="not 1..4 blocks"):
+        model(torch.randn(1, 3, 8), 1)
+
+
+def test_adaln_zero_blocks_are_identity_at_init():
+    model = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4)
+    x, c = torch.randn(2, 8, 64), torch.randn(2, 64)
+    for block in model.blocks:
+        assert torch.equal(block(x, c), x)
+    assert torch.count_nonzero(model(torch.randn(2, 8, 8), 3)) == 0
+    # once the modulation trains, a block is no longer the identity
+    torch.nn.init.normal_(model.blocks[0].ada[1].weight, std=0.1)
+    assert not torch.allclose(model.blocks[0](x, c), x)
+
+
+def test_context_and_null_condition_reach_the_output():
+    torch.manual_seed(0)
+    model = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 8, 8)
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, :2] = True
+    plain = model(x, 5, context_mask=mask)
+    dropped = model(x, 5, context_mask=mask, drop_context=torch.tensor([True, False]))
+    assert not torch.allclose(plain[0], dropped[0]) and torch.allclose(plain[1], dropped[1])
+    assert not torch.allclose(plain, model(x, 5))
+    assert not torch.allclose(plain, model(x, 5, self_cond=torch.randn_like(x), context_mask=mask))
+
+
+@pytest.mark.parametrize("objective,prediction", [("vp", "epsilon"), ("vp", "v_prediction"), ("vp", "sample"),
+                                                   ("flow", "v_prediction")])
+def test_objective_conversions_are_consistent(objective, prediction):
+    obj = DiffusionObjective(objective, prediction, timestep_sampling="logit_normal")
+    x0, noise = torch.randn(64, 6, 4), torch.randn(64, 6, 4)
+    t = obj.sample_timesteps(64, torch.device("cpu"))
+    assert t.min() >= 0 and t.max() < 1000
+    t = t.clamp(5, 990)
+    x_t = obj.add_noise(x0, noise, t)
+    target = obj.target(x0, noise, t)
+    torch.testing.assert_close(obj.to_x0(x_t, target, t), x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(obj.from_x0(x_t, x0, t), target, atol=1e-4, rtol=1e-4)
+
+
+def test_vp_noising_matches_diffusers_scheduler():
+    from diffusers import DDPMScheduler
+
+    obj = DiffusionObjective("vp", "v_prediction")
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    x0, noise, t = torch.randn(8, 4, 3), torch.randn(8, 4, 3), torch.randint(0, 1000, (8,))
+    torch.testing.assert_close(obj.add_noise(x0, noise, t), scheduler.add_noise(x0, noise, t))
+    torch.testing.assert_close(obj.target(x0, noise, t), scheduler.get_velocity(x0, noise, t))
+
+
+def test_bad_objective_arguments():
+    with pytest.raises(ValueError, match="objective"):
+        DiffusionObjective("ddpm")
+    with pytest.raises(ValueError, match="prediction_type"):
+        DiffusionObjective("vp", "x0")
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        DiffusionObjective("vp", timestep_sampling="cosine")

@@ -1,0 +1,183 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+from ldlm.cli import main
+from ldlm.dit.model import LatentDiT
+from ldlm.dit.objective import FLOW_SCHEDULERS, VP_SCHEDULERS, make_scheduler
+from ldlm.latents import load_vae
+from ldlm.pipeline import LatentDiffusionLMPipeline
+
+
+def _pipeline(vae_dir: str, objective: str = "vp", scheduler: str = "dpm++") -> LatentDiffusionLMPipeline:
+    """A pipeline whose DiT has random (not zero-initialised) weights, so every path changes the output."""
+    vae, tokenizer = load_vae(vae_dir)
+    torch.manual_seed(0)
+    dit = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=6, objective=objective)
+    for p in dit.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    pipe = LatentDiffusionLMPipeline(vae, dit, make_scheduler(scheduler), tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("objective,names", [("vp", list(VP_SCHEDULERS)), ("flow", list(FLOW_SCHEDULERS))])
+def test_every_scheduler_samples_3d_latents(vae_dir, objective, names):
+    for name in names:
+        pipe = _pipeline(vae_dir, objective, name)
+        out = pipe(batch_size=3, num_blocks=4, num_inference_steps=4, generator=_seeded())
+        assert out.latents.shape == (3, 8, 8), name
+        assert torch.isfinite(out.latents).all(), name
+        assert len(out.texts) == 3 and all(isinstance(t, str) for t in out.texts)
+
+
+def test_same_seed_same_text_and_latent_output(vae_dir):
+    pipe = _pipeline(vae_dir)
+    a = pipe(batch_size=2, num_inference_steps=5, generator=_seeded(1))
+    b = pipe(batch_size=2, num_inference_steps=5, generator=_seeded(1))
+    c = pipe(batch_size=2, num_inference_steps=5, generator=_seeded(2))
+    assert a.texts == b.texts and torch.equal(a.latents, b.latents)
+    assert not torch.equal(a.latents, c.latents)
+    latent = pipe(batch_size=2, num_inference_steps=5, generator=_seeded(1), output_type="latent")
+    assert latent.texts is None and torch.equal(latent.latents, a.latents)
+    texts, _ = pipe(batch_size=2, num_inference_steps=5, generator=_seeded(1), return_dict=False)
+    assert texts == a.texts
+
+
+def test_save_and_load_in_a_fresh_process_gives_identical_text(vae_dir, tmp_path):
+    pipe = _pipeline(vae_dir)
+    pipe.save_pretrained(tmp_path / "pipe")
+    expected = pipe(batch_size=3, num_inference_steps=6, generator=_seeded(7)).texts
+    code = (
+        "import json, torch\n"
+        "from ldlm.pipeline import LatentDiffusionLMPipeline\n"
+        f"pipe = LatentDiffusionLMPipeline.from_pretrained({str(tmp_path / 'pipe')!r})\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "print(json.dumps(pipe(batch_size=3, num_inference_steps=6,"
+        " generator=torch.Generator().manual_seed(7)).texts))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_scheduler_swap(vae_dir):
+    pipe = _pipeline(vae_dir)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert len(pipe(num_inference_steps=3, generator=_seeded()).texts) == 1
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="trained as vp/v_prediction"):
+        pipe(num_inference_steps=3)
+
+
+def test_prompt_conditioning_and_guidance(vae_dir):
+    pipe = _pipeline(vae_dir)
+    tok, cfg = pipe.tokenizer, pipe.vae.config
+    long_prompt = "The Eagle is a cheap coffee shop serving Italian food in the riverside."  # 1 full block + 5
+    short_prompt = "Zizzi is a pub"  # a partial block only
+    out = pipe([long_prompt, short_prompt], num_blocks=4, num_inference_steps=5, num_samples_per_prompt=2,
+               generator=_seeded())
+    assert len(out.texts) == 4
+    assert out.texts[0].startswith(long_prompt) and out.texts[3].startswith(short_prompt)
+    # the prompt's complete block stays exactly the clean encoding of its tokens
+    ids = torch.tensor(tok(long_prompt, add_special_tokens=False)["input_ids"][: cfg.block_length])
+    clean = pipe.vae.encode(ids[None], torch.ones_like(ids)[None])[0]
+    torch.testing.assert_close(out.latents[0, : cfg.latents_per_block], clean, atol=1e-5, rtol=1e-5)
+    guided = pipe([long_prompt, short_prompt], num_blocks=4, num_inference_steps=5, num_samples_per_prompt=2,
+                  guidance_scale=3.0, generator=_seeded())
+    assert guided.texts[0].startswith(long_prompt)
+    assert not torch.allclose(guided.latents[:, 2:], out.latents[:, 2:])
+    # without complete prompt blocks there is no context to guide against
+    plain = pipe(batch_size=4, num_blocks=4, num_inference_steps=5, generator=_seeded())
+    unconditional = pipe(batch_size=4, num_blocks=4, num_inference_steps=5, guidance_scale=3.0, generator=_seeded())
+    assert torch.equal(unconditional.latents, plain.latents)
+
+
+def test_partial_prompt_blocks_are_held_to_the_prompt_tokens(vae_dir, monkeypatch):
+    pipe = _pipeline(vae_dir)
+    prompt = "Zizzi is a cheap pub"  # 5 tokens: a partial block only, so every one-block encoding is a hold
+    tail = pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    held = []
+    encode = pipe._encode_blocks
+
+    def spy(ids, mask):
+        if len(ids) == 1:
+            held.append(ids[0, : len(tail)].tolist())
+        return encode(ids, mask)
+
+    monkeypatch.setattr(pipe, "_encode_blocks", spy)
+    pipe(prompt, num_blocks=3, num_inference_steps=4, generator=_seeded())
+    assert len(held) == 4 + 1 and all(ids == tail for ids in held)  # every step, and the final latents
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_blocks": 0}, "num_blocks"), ({"num_blocks": 7}, "num_blocks"), ({"num_inference_steps": 0}, "steps"),
+    ({"guidance_scale": -1}, "guidance_scale"), ({"output_type": "pil"}, "output_type"),
+    ({"prompt": 3}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": "a " * 200}, "leaves no room"),
+    ({"num_samples_per_prompt": 0}, "num_samples"), ({"batch_size": 0}, "batch_size"),
+    ({"prompt": "x", "batch_size": 2}, "either prompt or batch_size"),
+])
+def test_bad_arguments(vae_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _pipeline(vae_dir)(num_inference_steps=kwargs.pop("num_inference_steps", 2), **kwargs)
+
+
+def test_generate_cli(vae_dir, tmp_path, capsys):
+    _pipeline(vae_dir).save_pretrained(tmp_path / "pipe")
+    model = str(tmp_path / "pipe")
+    assert main(["generate", "--model", model, "--num-samples", "2", "--steps", "3", "--seed", "4",
+                 "--scheduler", "ddim", "--prompt", "Aromi is a pub", "--guidance-scale", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("Aromi is a pub") for line in lines)
+    for args, message in [(["--steps", "0"], "num_inference_steps"), (["--scheduler", "flow-euler"], "trained as"),
+                          (["--scheduler", "magic"], "unknown scheduler"), (["--num-blocks", "99"], "num_blocks")]:
+        assert main(["generate", "--model", model, *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert main(["generate", "--model", str(tmp_path)]) == 2
+    assert "no pipeline" in capsys.readouterr().err
+
+
+class _GaussianOracle(LatentDiT):
+    """The exact denoiser for data x0 ~ N(mu, tau²) per coordinate: E[x0 | x_t] in closed form."""
+
+    mu, tau = 1.5, 0.5
+
+    def forward(self, sample, timestep, self_cond=None, context_mask=None, drop_context=None):
+        a, s = self.objective._coefficients(timestep, sample)
+        x0 = self.mu + a * self.tau**2 / (a**2 * self.tau**2 + s**2) * (sample - a * self.mu)
+        return self.objective.from_x0(sample, x0, timestep)
+
+
+@pytest.mark.parametrize("name", [*VP_SCHEDULERS, *FLOW_SCHEDULERS])
+def test_samplers_draw_the_data_distribution_of_an_exact_denoiser(vae_dir, name):
+    from ldlm.dit.objective import DiffusionObjective
+
+    vae, tokenizer = load_vae(vae_dir)
+    objective = "flow" if name in FLOW_SCHEDULERS else "vp"
+    oracle = _GaussianOracle.tiny(latent_channels=8, latents_per_block=2, max_blocks=4, objective=objective)
+    scheduler = make_scheduler(name)
+    oracle.objective = DiffusionObjective.from_scheduler(scheduler)
+    pipe = LatentDiffusionLMPipeline(vae, oracle, scheduler, tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    steps = 200 if name == "ddpm" else 20  # ancestral DDPM loses variance at coarse steps, even with a perfect model
+    out = pipe(batch_size=256, num_blocks=4, num_inference_steps=steps, generator=_seeded(), output_type="latent")
+    x = vae.standardize(out.latents)
+    assert abs(float(x.mean()) - oracle.mu) < 0.05, name
+    assert abs(float(x.std()) - oracle.tau) < 0.05, name
+
+
+def test_a_clipping_scheduler_is_refused(vae_dir):
+    pipe = _pipeline(vae_dir)
+    pipe.scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="clip_sample=False"):
+        pipe(num_inference_steps=2)

@@ -1,0 +1,135 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ldlm.cli import main
+from ldlm.config import DiTExperiment, load_config
+from ldlm.dit.model import LatentDiT
+from ldlm.latents import LatentDataModule
+from ldlm.pipeline import LatentDiffusionLMPipeline
+from ldlm.train_dit import LatentDiTModule, train_dit
+
+
+def _overrides(vae_dir: str, out, *extra: str) -> list[str]:
+    return [
+        f"vae={vae_dir}", "data.train=[{path: 'builtin:restaurants:400'}]", "data.max_blocks=4",
+        "data.val_fraction=0.1", "model.preset=tiny", "diffusion.ema_decay=0.9", "sample.every=30",
+        "sample.num_samples=2", "sample.steps=3", "train.max_steps=60", "train.batch_size=32", "train.lr=2e-3",
+        "train.warmup_steps=5", "train.val_every=30", "train.checkpoint_every=30", "train.progress_bar=false",
+        "train.accelerator=cpu", f"train.output_dir={out}", *extra,
+    ]
+
+
+@torch.no_grad()
+def _val_loss(module: LatentDiTModule, data: LatentDataModule) -> float:
+    losses = [module._common_step(batch, train=False, generator=torch.Generator().manual_seed(i))[0].mean()
+              for i, batch in enumerate(data.val_dataloader())]
+    return float(torch.stack(losses).mean())
+
+
+def test_short_training_lowers_the_loss_and_exports_a_pipeline(vae_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(DiTExperiment, None, _overrides(vae_dir, out))
+    assert train_dit(cfg) == out / "pipeline"
+    data = LatentDataModule(cfg.data, vae_dir, 32)
+    data.setup()
+    pipe = LatentDiffusionLMPipeline.from_pretrained(out / "pipeline")
+    fresh = LatentDiTModule(LatentDiT.from_config(pipe.transformer.config), OmegaConf.to_container(cfg))
+    trained = LatentDiTModule(pipe.transformer, OmegaConf.to_container(cfg))
+    assert _val_loss(trained, data) < 0.8 * _val_loss(fresh, data)
+    with open(out / "logs" / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("val/loss")]
+    assert len(rows) == 2 and all(r.get(f"val/loss_t{i}") for r in rows for i in range(4))
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [30, 60] and len(samples[0]["texts"]) == 2
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 60
+    assert (out / "checkpoints" / "last.safetensors").is_file()
+    pipe.set_progress_bar_config(disable=True)
+    assert len(pipe(batch_size=2, num_inference_steps=3).texts) == 2
+
+
+WORKER = """
+import hashlib, sys
+import lightning as L
+from torch.distributed.tensor import DTensor
+from ldlm.config import DiTExperiment, load_config
+from ldlm.train_dit import train_dit
+
+
+class Fingerprint(L.Callback):
+    def on_train_start(self, trainer, module):
+        weight = module.transformer.blocks[0].mlp[0].weight
+        self.sharded = isinstance(weight, DTensor) and any(p.is_shard() for p in weight.placements)
+
+    def on_train_end(self, trainer, module):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(module.state_dict().items()):
+            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            digest.update(name.encode() + full.detach().cpu().numpy().tobytes())
+        with open(f"{sys.argv[1]}/rank{trainer.global_rank}.txt", "w") as handle:
+            handle.write(f"{trainer.world_size} {trainer.global_step} {self.sharded} {digest.hexdigest()}")
+
+
+train_dit(load_config(DiTExperiment, None, sys.argv[2:]), callbacks=[Fingerprint()])
+"""
+
+
+def _two_processes(vae_dir: str, tmp_path, out, strategy: str, steps: int = 12) -> tuple[list[list[str]], str]:
+    """Train with 2 CPU processes: each rank's (world size, step, sharded?, hash of the full weights), and stderr."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    args = _overrides(vae_dir, out, f"train.max_steps={steps}", "train.devices=2",
+                      f"train.strategy={strategy}", "train.val_every=6", "sample.every=6", "train.checkpoint_every=6")
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), *args], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)], result.stderr
+
+
+def test_two_process_ddp_keeps_ranks_in_sync(vae_dir, tmp_path):
+    out = tmp_path / "run"
+    ranks, _ = _two_processes(vae_dir, tmp_path, out, "ddp")
+    assert ranks[0] == ranks[1] and ranks[0][:3] == ["2", "12", "False"]
+    assert (out / "pipeline" / "model_index.json").is_file()
+
+
+def test_two_process_fsdp2_shards_resumes_and_exports(vae_dir, tmp_path):
+    out = tmp_path / "run"
+    ranks, stderr = _two_processes(vae_dir, tmp_path, out, "fsdp")
+    assert ranks[0] == ranks[1] and ranks[0][:3] == ["2", "12", "True"]
+    assert "Restored all states" not in stderr
+    ranks, stderr = _two_processes(vae_dir, tmp_path, out, "fsdp", steps=18)
+    assert "Restored all states from the checkpoint" in stderr  # from checkpoints/last.safetensors, step 12
+    assert ranks[0][:3] == ["2", "18", "True"] and ranks[0] == ranks[1]
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 18
+    pipe = LatentDiffusionLMPipeline.from_pretrained(out / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    assert len(pipe(batch_size=2, num_inference_steps=3).texts) == 2
+
+
+def _empty_config(folder):
+    config = folder / "empty.yaml"
+    config.write_text("{}\n")
+    return config
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.preset=huge", "model.preset"),
+    ("diffusion.scheduler=flow-euler", "does not fit"),
+    ("diffusion.objective=score", "objective"),
+    ("diffusion.scheduler=pndm", "unknown scheduler"),
+])
+def test_config_errors(vae_dir, tmp_path, capsys, override, message):
+    config = str(_empty_config(tmp_path))
+    assert main(["train-dit", "--config", config, *_overrides(vae_dir, tmp_path / "o"), override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
