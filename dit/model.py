@@ -74,7 +74,9 @@ class LatentDiT(ModelMixin, ConfigMixin):
     Input per position: the noisy latent, the self-conditioning estimate of the clean latent (zeros when absent) and
     a flag saying whether the position is a clean context latent (a prompt or earlier blocks, given as is) or one to
     denoise. Context can be swapped for a learned null vector (``drop_context``), the unconditional branch of
-    classifier-free guidance. Positions are learned per block and per latent slot within a block.
+    classifier-free guidance. Positions are learned per block and per latent slot within a block. The objective,
+    prediction type, beta schedule and timestep count are recorded so a pipeline can refuse a scheduler that does not
+    match them.
     """
 
     @register_to_config
@@ -89,6 +91,8 @@ class LatentDiT(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         objective: str = "vp",
         prediction_type: str = "v_prediction",
+        beta_schedule: str = "squaredcos_cap_v2",
+        num_train_timesteps: int = 1000,
     ) -> None:
         super().__init__()
         if hidden_size % num_heads:

@@ -57,6 +57,12 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             raise ValueError(f"scheduler {type(self.scheduler).__name__} samples a {objective.objective}/"
                              f"{objective.prediction_type} model, but the transformer was trained as {cfg.objective}/"
                              f"{trained}")
+        schedule = self.scheduler.config.get("beta_schedule", cfg.beta_schedule) if cfg.objective == "vp" else None
+        if self.scheduler.config.num_train_timesteps != cfg.num_train_timesteps or schedule not in (
+                None, cfg.beta_schedule):
+            raise ValueError(f"scheduler {type(self.scheduler).__name__} uses a {schedule} schedule over "
+                             f"{self.scheduler.config.num_train_timesteps} steps; the transformer was trained with "
+                             f"{cfg.beta_schedule} over {cfg.num_train_timesteps} (build it with from_config)")
         return objective
 
     def check_inputs(self, prompt, num_blocks: int, num_inference_steps: int, guidance_scale: float,

@@ -151,7 +151,8 @@ def build_transformer(cfg: DiTExperiment, latent_channels: int, latents_per_bloc
     overrides = {k: getattr(m, k) for k in ("hidden_size", "num_layers", "num_heads") if getattr(m, k) is not None}
     return presets[m.preset](latent_channels=latent_channels, latents_per_block=latents_per_block,
                              max_blocks=cfg.data.max_blocks, mlp_ratio=m.mlp_ratio, objective=d.objective,
-                             prediction_type=d.prediction_type, **overrides)
+                             prediction_type=d.prediction_type, beta_schedule=d.beta_schedule,
+                             num_train_timesteps=d.num_train_timesteps, **overrides)
 
 
 def _strategy(cfg: DiTExperiment):

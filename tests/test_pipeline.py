@@ -77,6 +77,9 @@ def test_scheduler_swap(vae_dir):
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(ValueError, match="trained as vp/v_prediction"):
         pipe(num_inference_steps=3)
+    pipe.scheduler = DDIMScheduler(beta_schedule="linear", prediction_type="v_prediction", clip_sample=False)
+    with pytest.raises(ValueError, match="linear schedule"):
+        pipe(num_inference_steps=3)
 
 
 def test_prompt_conditioning_and_guidance(vae_dir):
