@@ -38,6 +38,8 @@ def load_pipeline(path: str | Path | None = None, scheduler: str | None = None) 
 def generate(path: str | None, prompts: list[str] | None, num_samples: int, steps: int, seed: int,
              scheduler: str | None, guidance_scale: float, num_blocks: int | None, device: str) -> list[str]:
     """Texts for the command line; argument errors become one-line LdlmErrors."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LdlmError(f"device '{device}' requested but CUDA is not available")
     pipe = load_pipeline(path, scheduler).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     try:
