@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ldlm.align.teacher import load_tokenizer
 from ldlm.config import VAEExperiment, load_config
 from ldlm.corpus import read_corpus
 from ldlm.data import pad_id_of, to_blocks, tokenize, training_documents
 from ldlm.errors import LdlmError
+from ldlm.latents import load_vae
 from ldlm.vae.model import TextVAE
 
 
@@ -63,8 +63,7 @@ def evaluate_run(run: str | Path, texts: list[str], noise: list[float]) -> dict[
     type counts as seen when it occurs in the run's training corpora."""
     run_dir = _exported_run(run)
     cfg = load_config(VAEExperiment, run_dir / "config.yaml")
-    tokenizer = load_tokenizer(str(run_dir / "tokenizer"))
-    vae = TextVAE.from_pretrained(run_dir / "vae")
+    vae, tokenizer = load_vae(run_dir)
     blocks = to_blocks(tokenize(texts, tokenizer), vae.config.block_length, pad_id_of(tokenizer))
     seen = torch.zeros(vae.config.vocab_size, dtype=torch.bool)
     seen[torch.tensor([t for doc in training_documents(cfg.data, tokenizer) for t in doc])] = True

@@ -27,7 +27,10 @@ def load_vae(path: str | Path) -> tuple[TextVAE, object]:
     if not (folder / "config.json").is_file() or not (root / "tokenizer").is_dir():
         raise LdlmError(f"{path} holds no exported VAE with a tokenizer/ folder")
     vae = TextVAE.from_pretrained(folder).float().eval().requires_grad_(False)
-    return vae, load_tokenizer(str(root / "tokenizer"))
+    tokenizer = load_tokenizer(str(root / "tokenizer"))
+    if pad_id_of(tokenizer) != vae.config.pad_token_id or tokenizer.eos_token_id != vae.config.eos_token_id:
+        raise LdlmError(f"the tokenizer in {path} does not match its VAE (pad/EOS ids)")
+    return vae, tokenizer
 
 
 def vae_fingerprint(vae: TextVAE) -> str:
@@ -105,26 +108,22 @@ class LatentDataModule(L.LightningDataModule):
     """Train/val latent windows of the configured corpora under a frozen VAE; the latent cache is filled once, on
     the first process (``prepare_data``), and read by every process."""
 
-    def __init__(self, cfg: DiTDataConfig, vae_path: str, batch_size: int) -> None:
+    def __init__(self, cfg: DiTDataConfig, vae: TextVAE, tokenizer, batch_size: int) -> None:
         super().__init__()
-        self.cfg, self.vae_path, self.batch_size = cfg, vae_path, batch_size
+        self.cfg, self.vae, self.tokenizer, self.batch_size = cfg, vae, tokenizer, batch_size
         self.train_set: LatentWindows | None = None
         self.val_set: LatentWindows | None = None
-
-    def _latents(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        vae, tokenizer = load_vae(self.vae_path)
-        if pad_id_of(tokenizer) != vae.config.pad_token_id:
-            raise LdlmError(f"tokenizer in {self.vae_path} does not match its VAE (pad id)")
-        latents = document_latents(vae, tokenizer, training_documents(self.cfg, tokenizer))
-        return latents, end_block_latents(vae)
+        self._latents: list[torch.Tensor] | None = None
 
     def prepare_data(self) -> None:
-        self._latents()
+        self._latents = document_latents(self.vae, self.tokenizer, training_documents(self.cfg, self.tokenizer))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        latents, end = self._latents()
+        if self._latents is None:  # a process that did not prepare the data reads the cache
+            self.prepare_data()
+        latents, end = self._latents, end_block_latents(self.vae)
         train, val = split_documents(len(latents), self.cfg.val_fraction, self.cfg.seed)
         self.train_set = LatentWindows([latents[i] for i in train], end, self.cfg.max_blocks)
         self.val_set = LatentWindows([latents[i] for i in val], end, self.cfg.max_blocks, crop=False)

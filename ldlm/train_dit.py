@@ -217,7 +217,7 @@ def train_dit(cfg: DiTExperiment, callbacks: list[L.Callback] = ()) -> Path | No
         pipeline.objective()
     except ValueError as err:
         raise LdlmError(f"diffusion.scheduler does not fit diffusion.objective: {err}") from None
-    data = LatentDataModule(cfg.data, cfg.vae, cfg.train.batch_size)
+    data = LatentDataModule(cfg.data, vae, tokenizer, cfg.train.batch_size)
     module = LatentDiTModule(transformer, OmegaConf.to_container(cfg))
     ckpt_dir = out / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from ldlm.cli import main
 from ldlm.config import DiTExperiment, load_config
 from ldlm.dit.model import LatentDiT
-from ldlm.latents import LatentDataModule
+from ldlm.latents import LatentDataModule, load_vae
 from ldlm.pipeline import LatentDiffusionLMPipeline
 from ldlm.train_dit import LatentDiTModule, train_dit
 
@@ -37,7 +37,7 @@ def test_short_training_lowers_the_loss_and_exports_a_pipeline(vae_dir, tmp_path
     out = tmp_path / "run"
     cfg = load_config(DiTExperiment, None, _overrides(vae_dir, out))
     assert train_dit(cfg) == out / "pipeline"
-    data = LatentDataModule(cfg.data, vae_dir, 32)
+    data = LatentDataModule(cfg.data, *load_vae(vae_dir), 32)
     data.setup()
     pipe = LatentDiffusionLMPipeline.from_pretrained(out / "pipeline")
     fresh = LatentDiTModule(LatentDiT.from_config(pipe.transformer.config), OmegaConf.to_container(cfg))
