@@ -25,13 +25,49 @@ def _train_dit(args: argparse.Namespace) -> None:
         print(f"pipeline exported to {path}")
 
 
-def _generate(args: argparse.Namespace) -> None:
-    from ldlm.generate import generate
+def _train_ar(args: argparse.Namespace) -> None:
+    from ldlm.ar_config import ARExperiment
+    from ldlm.config import load_config
+    from ldlm.train_ar import train_ar
 
+    path = train_ar(load_config(ARExperiment, args.config, args.overrides))
+    if path is not None:
+        print(f"autoregressive baseline exported to {path} (model/ + tokenizer/)")
+
+
+def _train_classifier(args: argparse.Namespace) -> None:
+    from ldlm.classifier import train_classifier
+    from ldlm.classifier_config import ClassifierExperiment
+    from ldlm.config import load_config
+
+    print(f"classifier exported to {train_classifier(load_config(ClassifierExperiment, args.config, args.overrides))}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from ldlm.generate import build_guidance, generate
+
+    guidance = build_guidance(args.model, args.length, args.keyword, args.content, args.classifier,
+                              args.guidance_steps, args.guidance_lr)
     texts = generate(args.model, args.prompt, args.num_samples, args.steps, args.seed, args.scheduler,
-                     args.guidance_scale, args.num_blocks, args.device)
+                     args.guidance_scale, args.num_blocks, args.device, guidance)
     for text in texts:
         print(text.replace("\n", " "))  # one sample per line
+
+
+def _infill(args: argparse.Namespace) -> None:
+    from ldlm.generate import infill
+
+    for text in infill(args.model, args.segments, args.gap_blocks, args.method, args.num_samples, args.steps,
+                       args.seed, args.device):
+        print(text.replace("\n", " "))
+
+
+def _longgen(args: argparse.Namespace) -> None:
+    from ldlm.generate import write_long_document
+
+    tokens, reason = write_long_document(args.model, args.output, args.prompt, args.max_tokens, args.new_blocks,
+                                         args.steps, args.seed, not args.ignore_eos, args.max_repeat, args.device)
+    print(f"wrote {tokens} tokens to {args.output} (stopped: {reason})")
 
 
 def _teacher_prepare(args: argparse.Namespace) -> None:
@@ -54,19 +90,28 @@ def _features(args: argparse.Namespace) -> None:
     extract_features(load_config(VAEExperiment, args.config, args.overrides))
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from ldlm.eval_suite import eval_command
+
+    eval_command(args.samples, args.model, args.num_samples, args.steps, args.seed, args.references,
+                 args.num_references, args.train, args.ppl_model, args.mauve_features, args.top_k, args.device,
+                 args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldlm", description="Latent diffusion language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train-vae", help="train a teacher-aligned TextVAE")
-    p.add_argument("--config", required=True, help="OmegaConf YAML file")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.set_defaults(func=_train_vae)
-
-    p = sub.add_parser("train-dit", help="train a latent Diffusion Transformer on a frozen VAE's latents")
-    p.add_argument("--config", required=True, help="OmegaConf YAML file")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.set_defaults(func=_train_dit)
+    for name, help_text, func in (
+        ("train-vae", "train a teacher-aligned TextVAE", _train_vae),
+        ("train-dit", "train a latent Diffusion Transformer on a frozen VAE's latents", _train_dit),
+        ("train-ar", "train the autoregressive baseline on the DiT's corpus and tokenizer", _train_ar),
+        ("train-classifier", "train a latent classifier or tagger for gradient guidance", _train_classifier),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="OmegaConf YAML file")
+        p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("generate", help="generate text (default: the shipped E2E checkpoint)")
     p.add_argument("--model", default=None, help="pipeline folder (default: checkpoints/ldlm-e2e-smollm2)")
@@ -78,8 +123,42 @@ def build_parser() -> argparse.ArgumentParser:
                    "flow-euler | flow-heun (flow models); default: the pipeline's own")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance on the prompt")
     p.add_argument("--num-blocks", type=int, default=None, help="length in blocks, prompt included")
+    p.add_argument("--length", type=int, default=None, help="gradient guidance: this many tokens")
+    p.add_argument("--keyword", nargs="+", default=[], help="gradient guidance: include these words")
+    p.add_argument("--content", nargs="+", default=[], help="gradient guidance: classifier labels, e.g. "
+                   "'food[Italian]' (needs --classifier)")
+    p.add_argument("--classifier", default=None, help="content classifier folder (ldlm train-classifier; default "
+                   "for the shipped pipeline: checkpoints/e2e-guidance/content)")
+    p.add_argument("--guidance-steps", type=int, default=3, help="gradient steps per denoising step")
+    p.add_argument("--guidance-lr", type=float, default=0.3, help="gradient guidance step size")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("infill", help="generate around fixed text: ldlm infill 'First.' _ 'Last.'")
+    p.add_argument("segments", nargs="+", help="fixed texts, and _ for each gap")
+    p.add_argument("--model", default=None, help="pipeline folder (default: checkpoints/ldlm-e2e-smollm2)")
+    p.add_argument("--gap-blocks", type=int, default=1, help="blocks generated for each _")
+    p.add_argument("--method", default="condition", help="condition (clean context) | replace (re-noised)")
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_infill)
+
+    p = sub.add_parser("longgen", help="generate a long document block by block into a file")
+    p.add_argument("--output", required=True, help="text file to write (appended to as blocks finish)")
+    p.add_argument("--model", default=None, help="pipeline folder (default: checkpoints/ldlm-e2e-smollm2)")
+    p.add_argument("--prompt", default=None, help="text the document starts with")
+    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--new-blocks", type=int, default=None, help="blocks generated per group (default: half the "
+                   "window; the rest of the window is context)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-text tokens")
+    p.add_argument("--max-repeat", type=float, default=0.5, help="anti-loop: resample a group when more than this "
+                   "share of its 4-grams repeats recent text")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_longgen)
 
     p = sub.add_parser("features", help="precompute teacher features (split over processes under torchrun)")
     p.add_argument("--config", required=True)
@@ -102,6 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the documents i %% N == 0 held out in training")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.set_defaults(func=_eval_vae)
+
+    p = sub.add_parser("eval", help="evaluation suite: gen-PPL, MAUVE, Div, memorization, diagnostics")
+    p.add_argument("--samples", nargs="+", default=None,
+                   help="samples files, one system each: .jsonl ({\"text\"}) or text (one per line); "
+                        "default: generate them with --model")
+    p.add_argument("--model", default=None, help="pipeline folder (default: checkpoints/ldlm-e2e-smollm2): "
+                   "the sampler, and the tokenizer, block length and VAE of the diagnostics")
+    p.add_argument("--num-samples", type=int, default=200, help="samples to generate")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps when generating")
+    p.add_argument("--seed", type=int, default=0, help="seeds generation, the reference subset and MAUVE")
+    p.add_argument("--references", default=None, help="reference corpus file (read like training corpora)")
+    p.add_argument("--num-references", type=int, default=None,
+                   help="references drawn (seeded) from --references (default: as many as samples)")
+    p.add_argument("--train", default=None, help="training texts (memorization, novel n-grams, frequent tokens)")
+    p.add_argument("--ppl-model", default="smollm2", help="LM for gen-PPL: teacher name, folder or hub id; none")
+    p.add_argument("--mauve-features", default="minilm", help="minilm | teacher (the --ppl-model LM) | none")
+    p.add_argument("--top-k", type=int, default=50, help="most frequent training tokens of the collapse metric")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--output", default=None, help="write the JSON report here")
+    p.set_defaults(func=_eval)
     return parser
 
 

@@ -139,6 +139,7 @@ class DiffusionConfig:
     shift: float = 1.0  # flow schedulers' timestep shift
     self_condition: float = 0.5  # probability a training batch feeds back the model's own x0 estimate
     context_prob: float = 0.5  # probability a training window keeps its first blocks clean as context
+    infill_prob: float = 0.0  # probability the clean context is instead a random subset of blocks (infilling)
     context_dropout: float = 0.1  # context swapped for the null condition (classifier-free guidance)
     ema_decay: float = 0.999
 

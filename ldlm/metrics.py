@@ -1,7 +1,12 @@
-"""Generation metrics: perplexity of texts under a frozen causal LM, and distinct-n."""
+"""Generation metrics: perplexity under a frozen causal LM, distinct-n and Div, repetition, memorization, corpus
+BLEU, n-gram novelty and duplicated tokens, and MAUVE on precomputed features."""
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
+
+import numpy as np
 
 import torch
 
@@ -59,3 +64,90 @@ def distinct_n(texts: list[str], n: int) -> float:
     """Unique n-grams ÷ all n-grams of whitespace-separated words, pooled over all texts."""
     grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(text: str, n: int = 4) -> float:
+    """rep_n of one text: the share of its word n-grams that repeat an earlier n-gram of the same text."""
+    grams = ngrams(text.split(), n)
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def ngrams(seq: Sequence[Hashable], n: int) -> list[tuple]:
+    """The n-grams of one sequence (words or token ids), in order."""
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+
+
+def ngram_set(sequences: Iterable[Sequence[Hashable]], n: int) -> set[tuple]:
+    """Every n-gram occurring in ``sequences`` (e.g. a training corpus' word 4-grams, built once)."""
+    return {gram for seq in sequences for gram in ngrams(seq, n)}
+
+
+def diversity(texts: list[str], orders: Sequence[int] = (2, 3, 4)) -> float:
+    """Div = ∏ₙ (1 − rep_n) for n = 2..4, where rep_n = 1 − unique ÷ all word n-grams pooled over the texts."""
+    return math.prod(distinct_n(texts, n) for n in orders)
+
+
+def _known_and_total(sequences: Iterable[Sequence[Hashable]], known: set[tuple], n: int) -> tuple[int, int]:
+    grams = [gram for seq in sequences for gram in ngrams(seq, n)]
+    return sum(gram in known for gram in grams), len(grams)
+
+
+def ngram_overlap(sequences: Iterable[Sequence[Hashable]], known: set[tuple], n: int) -> float:
+    """Share of the n-grams of ``sequences`` (every occurrence counted) that are in ``known``; 0 when there are none."""
+    inside, total = _known_and_total(sequences, known, n)
+    return inside / total if total else 0.0
+
+
+def novel_ngram_rate(sequences: Iterable[Sequence[Hashable]], known: set[tuple], n: int) -> float:
+    """Share of the n-grams of ``sequences`` (every occurrence counted) not in ``known``; 0 when there are none."""
+    inside, total = _known_and_total(sequences, known, n)
+    return 1 - inside / total if total else 0.0
+
+
+def memorization(texts: list[str], train_ngrams: set[tuple], n: int = 4) -> float:
+    """Share of the generated word n-grams (default 4-grams) found in the training set (``ngram_set`` of its
+    whitespace-split texts)."""
+    return ngram_overlap((t.split() for t in texts), train_ngrams, n)
+
+
+def adjacent_duplicate_rate(sequences: Iterable[Sequence[Hashable]]) -> float:
+    """Share of adjacent pairs with token t == token t−1 (the "the the" of per-position decoding), pooled."""
+    pairs = repeats = 0
+    for seq in sequences:
+        pairs += max(len(seq) - 1, 0)
+        repeats += sum(a == b for a, b in zip(seq, seq[1:]))
+    return repeats / pairs if pairs else 0.0
+
+
+def corpus_bleu(references: list[str], hypotheses: list[str], max_n: int = 4) -> float:
+    """Corpus BLEU-``max_n`` in [0, 1] of hypotheses against one reference each, on whitespace words: the geometric
+    mean of clipped n-gram precisions (counts pooled over the corpus) times the brevity penalty."""
+    if len(references) != len(hypotheses):
+        raise LdlmError(f"BLEU needs one reference per hypothesis, got {len(references)} and {len(hypotheses)}")
+    matches, totals = [0] * max_n, [0] * max_n
+    ref_len = hyp_len = 0
+    for ref, hyp in zip(references, hypotheses):
+        ref_words, hyp_words = ref.split(), hyp.split()
+        ref_len, hyp_len = ref_len + len(ref_words), hyp_len + len(hyp_words)
+        for n in range(1, max_n + 1):
+            hyp_counts, ref_counts = Counter(ngrams(hyp_words, n)), Counter(ngrams(ref_words, n))
+            matches[n - 1] += sum(min(c, ref_counts[g]) for g, c in hyp_counts.items())
+            totals[n - 1] += sum(hyp_counts.values())
+    if not hyp_len or 0 in matches:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
+    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return brevity * math.exp(log_precision)
+
+
+def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 0) -> float:
+    """MAUVE (the ``mauve-text`` package) between two sets of text features (N, D), e.g. generated vs reference
+    embeddings; 1 means indistinguishable. Seeded k-means, so a fixed seed gives a fixed score."""
+    try:
+        import mauve
+    except ImportError:
+        raise LdlmError("MAUVE needs the mauve-text package: pip install 'ldlm[eval]'") from None
+    p, q = np.asarray(p_features, dtype=np.float32), np.asarray(q_features, dtype=np.float32)
+    if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1] or min(len(p), len(q)) < 2:
+        raise LdlmError(f"MAUVE needs two (N >= 2, D) feature arrays of one width, got {p.shape} and {q.shape}")
+    return float(mauve.compute_mauve(p_features=p, q_features=q, seed=seed, device_id=-1, verbose=False).mauve)

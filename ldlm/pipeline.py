@@ -30,7 +30,9 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
     A prompt's complete blocks become clean context latents; a trailing partial block is generated with its first
     tokens held to the prompt (each step's clean estimate is decoded, the prompt tokens written back, and the block
     re-encoded). ``guidance_scale > 1`` applies classifier-free guidance against the null context, so it acts only
-    when a prompt has at least one complete block.
+    when a prompt has at least one complete block. ``guidance`` (e.g. ``ldlm.guidance.GradientGuidance``) steers
+    every step's clean estimate by gradients; ``infill`` fixes any blocks; ``ldlm.longgen.LongGeneration`` goes on
+    block by block past the window.
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -65,15 +67,10 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                              f"{cfg.beta_schedule} over {cfg.num_train_timesteps} (build it with from_config)")
         return objective
 
-    def check_inputs(self, prompt, num_blocks: int, num_inference_steps: int, guidance_scale: float,
-                     num_samples: int, output_type: str) -> None:
+    def check_inputs(self, prompt, num_blocks: int, num_samples: int, output_type: str) -> None:
         max_blocks = self.transformer.config.max_blocks
         if not isinstance(num_blocks, int) or not 1 <= num_blocks <= max_blocks:
             raise ValueError(f"num_blocks must be an integer in 1..{max_blocks}, got {num_blocks!r}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a non-negative number, got {guidance_scale!r}")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples_per_prompt must be a positive integer, got {num_samples!r}")
         if output_type not in ("text", "latent"):
@@ -109,33 +106,30 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                 mask[row, : full * cfg.latents_per_block] = True
         return context, mask
 
-    def _held_positions(self, prompt_ids: list[list[int]], n: int, device) -> torch.Tensor:
-        """(B, N) mask of the latents of each prompt's trailing partial block."""
-        cfg = self.vae.config
-        mask = torch.zeros(len(prompt_ids), n, dtype=torch.bool, device=device)
-        for row, ids in enumerate(prompt_ids):
-            full, rest = divmod(len(ids), cfg.block_length)
-            if rest:
-                mask[row, full * cfg.latents_per_block : (full + 1) * cfg.latents_per_block] = True
-        return mask
+    def _prompt_layout(self, prompt_ids: list[list[int]], n: int, device):
+        """Clean context latents and mask (B, N) of each prompt's complete blocks, and the tokens each row holds at
+        the start of its trailing partial block (``{block: ids}``)."""
+        length = self.vae.config.block_length
+        held = [{len(ids) // length: ids[len(ids) // length * length :]} if len(ids) % length else {}
+                for ids in prompt_ids]
+        return *self._context(prompt_ids, n, device), held
 
-    def _hold_prompt_tokens(self, x0: torch.Tensor, prompt_ids: list[list[int]]) -> torch.Tensor:
-        """Write each prompt's trailing partial-block tokens into the clean estimate of that block."""
+    def _hold_tokens(self, x0: torch.Tensor, held: list[dict[int, list[int]]]) -> torch.Tensor:
+        """Write the held tokens at the start of their blocks into the clean estimate (decode, overwrite,
+        re-encode), leaving the rest of each such block to the model."""
         cfg = self.vae.config
-        k, length = cfg.latents_per_block, cfg.block_length
+        k = cfg.latents_per_block
         x0 = x0.clone()
-        for row, ids in enumerate(prompt_ids):
-            full, rest = divmod(len(ids), length)
-            if not rest:
-                continue
-            span = slice(full * k, (full + 1) * k)
-            block = self.vae.decode_ids(self.vae.unstandardize(x0[row, span]).to(self.vae.dtype)[None])[0]
-            block[:rest] = torch.tensor(ids[full * length :], device=block.device)
-            eos = (block == cfg.eos_token_id).nonzero()
-            mask = torch.ones_like(block)
-            if len(eos):
-                mask[int(eos[0]) + 1 :] = 0
-            x0[row, span] = self._encode_blocks(block[None], mask[None])
+        for row, blocks in enumerate(held):
+            for index, ids in blocks.items():
+                span = slice(index * k, (index + 1) * k)
+                block = self.vae.decode_ids(self.vae.unstandardize(x0[row, span]).to(self.vae.dtype)[None])[0]
+                block[: len(ids)] = torch.tensor(ids, device=block.device)
+                eos = (block == cfg.eos_token_id).nonzero()
+                mask = torch.ones_like(block)
+                if len(eos):
+                    mask[int(eos[0]) + 1 :] = 0
+                x0[row, span] = self._encode_blocks(block[None], mask[None])
         return x0
 
     def _texts(self, latents: torch.Tensor, prompt_ids: list[list[int]] | None) -> list[str]:
@@ -150,6 +144,84 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             texts.append(self.tokenizer.decode(prefix + rest, skip_special_tokens=True))
         return texts
 
+    def _renoise(self, x0: torch.Tensor, t: torch.Tensor, generator) -> torch.Tensor:
+        """Known clean latents noised to the scheduler's level at ``t``, in its sample space (replacement)."""
+        noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if hasattr(self.scheduler, "scale_noise"):  # flow matching
+            return self.scheduler.scale_noise(x0, t[None], noise)
+        return self.scheduler.add_noise(x0, noise, t[None])
+
+    def _denoise(
+        self,
+        known: torch.Tensor,
+        known_mask: torch.Tensor,
+        held: list[dict[int, list[int]]] | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        guidance: Callable | None = None,
+        replace: bool = False,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+    ) -> torch.Tensor:
+        """Sample standardized latents (B, N, C) given ``known`` latents where ``known_mask`` is set: as flagged clean
+        context (default; CFG applies), or re-noised into the sample at every step (``replace``). ``held`` tokens
+        are written into the clean estimate of their blocks at every step; ``guidance(pipe, x0, t)`` returns an
+        improved clean estimate (gradient guidance)."""
+        objective = self.objective()
+        b, n, c = known.shape
+        device = known.device
+        flagged = torch.zeros_like(known_mask) if replace else known_mask
+        guided = guidance_scale > 1 and bool(flagged.any())
+        dtype = self.transformer.dtype  # the model runs in its dtype; the sampler state stays fp32
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = randn_tensor((b, n, c), generator=generator, device=device, dtype=torch.float32)
+        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
+        accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if accepts_generator else {}
+        scales_input = hasattr(self.scheduler, "scale_model_input")
+        x0 = x0_uncond = None
+        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+            for i, t in enumerate(self.scheduler.timesteps):
+                if replace:
+                    latents = torch.where(known_mask[..., None], self._renoise(known, t, generator), latents)
+                x_in = self.scheduler.scale_model_input(latents, t) if scales_input else latents
+                x_in = torch.where(flagged[..., None], known, x_in)
+                timestep = t.expand(b)
+                if guided:  # each branch feeds back its own previous estimate
+                    self_cond = None if x0 is None else torch.cat([x0, x0_uncond]).to(dtype)
+                    both = self.transformer(torch.cat([x_in, x_in]).to(dtype), torch.cat([timestep, timestep]),
+                                            self_cond, torch.cat([flagged, flagged]),
+                                            torch.arange(2 * b, device=device) >= b).float()
+                    cond, uncond = both.chunk(2)
+                    x0_uncond = objective.to_x0(x_in, uncond, t)
+                    output = uncond + guidance_scale * (cond - uncond)
+                else:
+                    self_cond = None if x0 is None else x0.to(dtype)
+                    output = self.transformer(x_in.to(dtype), timestep, self_cond, flagged).float()
+                x0 = objective.to_x0(x_in, output, t)
+                if guidance is not None or held:
+                    if guidance is not None:
+                        x0 = guidance(self, x0, t)
+                    if held:
+                        x0 = self._hold_tokens(x0, held)
+                    output = objective.from_x0(x_in, x0, t)
+                latents = self.scheduler.step(output, t, latents, **step_kwargs).prev_sample
+                if callback_on_step_end is not None:
+                    values = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    latents = callback_on_step_end(self, i, t, values).get("latents", latents)
+                bar.update()
+        latents = torch.where(known_mask[..., None], known, latents)
+        return self._hold_tokens(latents, held) if held else latents
+
+    def _check_sampling(self, num_inference_steps: int, guidance_scale: float, guidance) -> None:
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a non-negative number, got {guidance_scale!r}")
+        if guidance is not None and not callable(guidance):
+            raise ValueError("guidance must be callable as guidance(pipe, x0, t), e.g. ldlm.guidance.GradientGuidance")
+
     @torch.no_grad()
     def __call__(
         self,
@@ -160,71 +232,127 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         num_samples_per_prompt: int = 1,
         batch_size: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        guidance: Callable | None = None,
         output_type: str = "text",
         callback_on_step_end: Callable[["LatentDiffusionLMPipeline", int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
         return_dict: bool = True,
     ) -> LatentDiffusionLMOutput | tuple:
         """Generate ``num_samples_per_prompt`` texts per prompt (or ``batch_size`` unconditional texts, default 1)
-        of ``num_blocks`` blocks (default: the transformer's window), prompt included."""
+        of ``num_blocks`` blocks (default: the transformer's window), prompt included. ``guidance`` steers the
+        sample by gradients (see ``ldlm.guidance.GradientGuidance``)."""
         num_blocks = self.transformer.config.max_blocks if num_blocks is None else num_blocks
-        self.check_inputs(prompt, num_blocks, num_inference_steps, guidance_scale, num_samples_per_prompt, output_type)
+        self.check_inputs(prompt, num_blocks, num_samples_per_prompt, output_type)
+        self._check_sampling(num_inference_steps, guidance_scale, guidance)
         if prompt is not None and batch_size is not None:
             raise ValueError("pass either prompt or batch_size, not both")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        objective = self.objective()
+        self.objective()
         device, cfg = self._execution_device, self.vae.config
         prompts = [prompt] if isinstance(prompt, str) else prompt
-        prompt_ids = None
+        n = num_blocks * cfg.latents_per_block
+        prompt_ids, held = None, None
         if prompts is not None:
             prompt_ids = [ids for ids in self._prompt_ids(prompts, num_blocks) for _ in range(num_samples_per_prompt)]
-        b = len(prompt_ids) if prompt_ids else (batch_size or 1) * num_samples_per_prompt
-        n = num_blocks * cfg.latents_per_block
-        if prompt_ids:
-            context, context_mask = self._context(prompt_ids, n, device)
+            context, context_mask, held = self._prompt_layout(prompt_ids, n, device)
         else:
+            b = (batch_size or 1) * num_samples_per_prompt
             context = torch.zeros(b, n, cfg.latent_channels, device=device)
             context_mask = torch.zeros(b, n, dtype=torch.bool, device=device)
-        guided = guidance_scale > 1 and bool(context_mask.any())
-        partial = prompt_ids is not None and any(len(ids) % cfg.block_length for ids in prompt_ids)
-        dtype = self.transformer.dtype  # the model runs in its dtype; the sampler state stays fp32
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = randn_tensor((b, n, cfg.latent_channels), generator=generator, device=device, dtype=torch.float32)
-        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
-        accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {"generator": generator} if accepts_generator else {}
-        scales_input = hasattr(self.scheduler, "scale_model_input")
-        held = self._held_positions(prompt_ids, n, device) if partial else None
-        x0 = x0_uncond = None
-        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
-            for i, t in enumerate(self.scheduler.timesteps):
-                x_in = self.scheduler.scale_model_input(latents, t) if scales_input else latents
-                x_in = torch.where(context_mask[..., None], context, x_in)
-                timestep = t.expand(b)
-                if guided:  # each branch feeds back its own previous estimate
-                    self_cond = None if x0 is None else torch.cat([x0, x0_uncond]).to(dtype)
-                    both = self.transformer(torch.cat([x_in, x_in]).to(dtype), torch.cat([timestep, timestep]),
-                                            self_cond, torch.cat([context_mask, context_mask]),
-                                            torch.arange(2 * b, device=device) >= b).float()
-                    cond, uncond = both.chunk(2)
-                    x0_uncond = objective.to_x0(x_in, uncond, t)
-                    output = uncond + guidance_scale * (cond - uncond)
-                else:
-                    self_cond = None if x0 is None else x0.to(dtype)
-                    output = self.transformer(x_in.to(dtype), timestep, self_cond, context_mask).float()
-                x0 = objective.to_x0(x_in, output, t)
-                if partial:
-                    x0 = self._hold_prompt_tokens(x0, prompt_ids)
-                    output = torch.where(held[..., None], objective.from_x0(x_in, x0, t), output)
-                latents = self.scheduler.step(output, t, latents, **step_kwargs).prev_sample
-                if callback_on_step_end is not None:
-                    values = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
-                    latents = callback_on_step_end(self, i, t, values).get("latents", latents)
-                bar.update()
-        latents = torch.where(context_mask[..., None], context, latents)
-        if partial:
-            latents = self._hold_prompt_tokens(latents, prompt_ids)
+        latents = self._denoise(context, context_mask, held, num_inference_steps, guidance_scale, generator, guidance,
+                                callback_on_step_end=callback_on_step_end,
+                                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        return self._finish(latents, prompt_ids, output_type, return_dict)
+
+    @torch.no_grad()
+    def infill(
+        self,
+        segments: list[str | None],
+        gap_blocks: int = 1,
+        method: str = "condition",
+        num_samples: int = 1,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        guidance: Callable | None = None,
+        output_type: str = "text",
+        return_dict: bool = True,
+    ) -> LatentDiffusionLMOutput | tuple:
+        """Generate around fixed text: each string of ``segments`` is kept verbatim from the start of a block,
+        each ``None`` becomes ``gap_blocks`` generated blocks, and the rest of a segment's last block is generated
+        too, e.g. ``pipe.infill(["The Eagle is a coffee shop", None, "It is not family-friendly."])``. Complete
+        fixed blocks enter as clean context (``method="condition"``) or are re-noised into the sample at every
+        step (``method="replace"``)."""
+        if method not in ("condition", "replace"):
+            raise ValueError(f"method must be 'condition' or 'replace', got {method!r}")
+        if not isinstance(gap_blocks, int) or gap_blocks < 1:
+            raise ValueError(f"gap_blocks must be a positive integer, got {gap_blocks!r}")
+        if (not isinstance(segments, list) or not any(isinstance(s, str) for s in segments)
+                or not all(s is None or isinstance(s, str) for s in segments)):
+            raise ValueError("segments must be a list of strings and None (gaps) with at least one string")
+        self.check_inputs(None, 1, num_samples, output_type)
+        self._check_sampling(num_inference_steps, guidance_scale, guidance)
+        blocks = self._infill_blocks(segments, gap_blocks)
+        device, cfg = self._execution_device, self.vae.config
+        k, n = cfg.latents_per_block, len(blocks) * cfg.latents_per_block
+        known = torch.zeros(1, n, cfg.latent_channels, device=device)
+        known_mask = torch.zeros(1, n, dtype=torch.bool, device=device)
+        full = [i for i, ids in enumerate(blocks) if ids is not None and len(ids) == cfg.block_length]
+        if full:
+            ids = torch.tensor([blocks[i] for i in full], device=device)
+            spans = torch.tensor([i * k + j for i in full for j in range(k)], device=device)
+            known[0, spans] = self._encode_blocks(ids, torch.ones_like(ids))
+            known_mask[0, spans] = True
+        held = [{i: ids for i, ids in enumerate(blocks) if ids is not None and len(ids) < cfg.block_length}]
+        latents = self._denoise(known.expand(num_samples, -1, -1), known_mask.expand(num_samples, -1),
+                                held * num_samples if held[0] else None, num_inference_steps, guidance_scale,
+                                generator, guidance, replace=method == "replace")
+        latents = self.vae.unstandardize(latents).float()
+        texts = self._infill_texts(latents, blocks) if output_type == "text" else None
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return texts, latents
+        return LatentDiffusionLMOutput(texts=texts, latents=latents)
+
+    def _infill_blocks(self, segments: list[str | None], gap_blocks: int) -> list[list[int] | None]:
+        """Per block: its fixed tokens (all of them, or a prefix of a segment's last block), or None (generated)."""
+        length, max_blocks = self.vae.config.block_length, self.transformer.config.max_blocks
+        blocks: list[list[int] | None] = []
+        for i, segment in enumerate(segments):
+            if segment is None:
+                blocks += [None] * gap_blocks
+                continue
+            text = segment if i == 0 or segment[:1].isspace() else " " + segment  # a continuation, mid-text
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"segment {i} is empty")
+            blocks += [ids[start : start + length] for start in range(0, len(ids), length)]
+        if len(blocks) > max_blocks:
+            raise ValueError(f"segments and gaps take {len(blocks)} blocks; the transformer holds {max_blocks}")
+        return blocks
+
+    def _infill_texts(self, latents: torch.Tensor, blocks: list[list[int] | None]) -> list[str]:
+        """Fixed tokens verbatim, generated tokens up to their block's first EOS; after the last fixed block the
+        text ends at the first EOS."""
+        cfg = self.vae.config
+        ids = self.vae.decode_ids(latents.reshape(-1, cfg.latents_per_block, cfg.latent_channels).to(self.vae.dtype))
+        ids = ids.reshape(len(latents), len(blocks), -1).tolist()
+        last_fixed = max(i for i, fixed in enumerate(blocks) if fixed is not None)
+        texts = []
+        for row in ids:
+            out = []
+            for i, (decoded, fixed) in enumerate(zip(row, blocks)):
+                fixed = fixed or []
+                rest = decoded[len(fixed) :]
+                ended = cfg.eos_token_id in rest
+                out += fixed + (rest[: rest.index(cfg.eos_token_id)] if ended else rest)
+                if ended and i >= last_fixed:
+                    break
+            texts.append(self.tokenizer.decode(out, skip_special_tokens=True))
+        return texts
+
+    def _finish(self, latents: torch.Tensor, prompt_ids, output_type: str, return_dict: bool):
         latents = self.vae.unstandardize(latents).float()
         texts = self._texts(latents, prompt_ids) if output_type == "text" else None
         self.maybe_free_model_hooks()

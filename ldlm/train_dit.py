@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ldlm.checkpoint_io import SafetensorsCheckpointIO, atomic_dir
+from ldlm.checkpoint_io import atomic_dir
 from ldlm.config import DiTExperiment
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import DiffusionObjective, make_scheduler
@@ -20,14 +20,15 @@ from ldlm.errors import LdlmError
 from ldlm.latents import LatentDataModule, load_vae
 from ldlm.optim import adamw_warmup_cosine
 from ldlm.pipeline import LatentDiffusionLMPipeline
-from ldlm.train_vae import make_loggers
+from ldlm.trainer import fit
 
 BUCKETS = 4  # the loss is also logged per quarter of the timestep range
 
 
 class LatentDiTModule(L.LightningModule):
-    """Denoising loss on windows of block latents, with random clean-context prefixes, context dropout (CFG),
-    self-conditioning and an EMA copy of the weights (used for validation, samples and export)."""
+    """Denoising loss on windows of block latents, with random clean-context prefixes (or block subsets, for
+    infilling), context dropout (CFG), self-conditioning and an EMA copy of the weights (used for validation,
+    samples and export)."""
 
     def __init__(self, transformer: LatentDiT, cfg: dict) -> None:
         super().__init__()
@@ -69,8 +70,12 @@ class LatentDiTModule(L.LightningModule):
         b, n, _ = x0.shape
         k = self.transformer.config.latents_per_block
         rand = lambda *shape: torch.rand(*shape, device=x0.device, generator=generator)  # noqa: E731
+        block = (torch.arange(n, device=x0.device) // k)[None]
         keep = torch.where(rand(b) < self.diff["context_prob"], (rand(b) * batch["num_blocks"]).floor(), 0.0)
-        context = (torch.arange(n, device=x0.device) // k)[None] < keep[:, None]
+        context = block < keep[:, None]
+        if self.diff["infill_prob"]:  # some windows instead keep a random half of their real blocks clean
+            subset = (rand(b, n // k) < 0.5).gather(1, block.expand(b, -1)) & (block < batch["num_blocks"][:, None])
+            context = torch.where((rand(b) < self.diff["infill_prob"])[:, None], subset, context)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         t = self.objective.sample_timesteps(b, x0.device, generator)
         x_in = torch.where(context[..., None], x0, self.objective.add_noise(x0, noise, t))
@@ -198,8 +203,6 @@ def _sharded(trainer: L.Trainer) -> bool:
 def train_dit(cfg: DiTExperiment, callbacks: list[L.Callback] = ()) -> Path | None:
     """Train a LatentDiT from a validated config; export the pipeline (EMA weights) to ``output_dir/pipeline``.
     Returns its path on the first process (None on the others)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     L.seed_everything(cfg.train.seed, workers=True)
     d = cfg.diffusion
     try:
@@ -219,21 +222,8 @@ def train_dit(cfg: DiTExperiment, callbacks: list[L.Callback] = ()) -> Path | No
         raise LdlmError(f"diffusion.scheduler does not fit diffusion.objective: {err}") from None
     data = LatentDataModule(cfg.data, vae, tokenizer, cfg.train.batch_size)
     module = LatentDiTModule(transformer, OmegaConf.to_container(cfg))
-    ckpt_dir = out / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
-    checkpoint.FILE_EXTENSION = ".safetensors"
     samples = SampleTexts(pipeline, out / "samples.jsonl", cfg.sample.every, cfg.sample.num_samples, cfg.sample.steps)
-    trainer = L.Trainer(
-        max_steps=cfg.train.max_steps,
-        max_time={"minutes": cfg.train.max_minutes} if cfg.train.max_minutes else None,
-        accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
-        strategy=_strategy(cfg),
-        precision=cfg.train.precision, val_check_interval=cfg.train.val_every, check_val_every_n_epoch=None,
-        log_every_n_steps=cfg.train.log_every, logger=make_loggers(out), callbacks=[checkpoint, samples, *callbacks],
-        plugins=[SafetensorsCheckpointIO()], enable_progress_bar=cfg.train.progress_bar, num_sanity_val_steps=0,
-    )
-    last = ckpt_dir / "last.safetensors"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.train.resume and last.is_file() else None)
+    trainer = fit(module, data, cfg.train, out, [samples, *callbacks], _strategy(cfg))
     state = _full_state(module, trainer)
     if trainer.is_global_zero:
         export = LatentDiT.from_config(transformer.config)

@@ -13,9 +13,10 @@ from torch import nn
 
 from ldlm.align.losses import AlignmentHead, AlignmentSchedule, repa_loss, vavae_loss
 from ldlm.align.teacher import FrozenTeacher, load_tokenizer
-from ldlm.checkpoint_io import SafetensorsCheckpointIO, atomic_dir
+from ldlm.checkpoint_io import atomic_dir
 from ldlm.config import VAEExperiment
 from ldlm.data import BlockDataModule, latent_mask, pad_id_of
+from ldlm.trainer import fit
 from ldlm.errors import LdlmError
 from ldlm.optim import adamw_warmup_cosine
 from ldlm.vae.model import TextVAE
@@ -131,23 +132,8 @@ def build_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
     return vae
 
 
-def make_loggers(out: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    loggers = [CSVLogger(out, name="logs", version="")]
-    try:
-        import tensorboard  # noqa: F401
-
-        loggers.append(TensorBoardLogger(out, name="tb", version=""))
-    except ImportError:
-        pass
-    return loggers
-
-
 def train_vae(cfg: VAEExperiment) -> Path:
     """Train a TextVAE from a validated config; export it to ``output_dir/vae`` (diffusers layout)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     L.seed_everything(cfg.train.seed, workers=True)
     if cfg.data.block_length % cfg.model.latents_per_block:
         raise LdlmError("data.block_length must be a multiple of model.latents_per_block")
@@ -168,21 +154,7 @@ def train_vae(cfg: VAEExperiment) -> Path:
     module = TextVAEModule(vae, OmegaConf.to_container(cfg), data.seen_tokens(),
                            teacher.hidden_size if aligned else None)
     del teacher
-    ckpt_dir = out / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.train.checkpoint_every)
-    checkpoint.FILE_EXTENSION = ".safetensors"
-    trainer = L.Trainer(
-        max_steps=cfg.train.max_steps,
-        max_time={"minutes": cfg.train.max_minutes} if cfg.train.max_minutes else None,
-        accelerator=cfg.train.accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
-        strategy=cfg.train.strategy,
-        precision=cfg.train.precision, val_check_interval=cfg.train.val_every,
-        check_val_every_n_epoch=None, log_every_n_steps=cfg.train.log_every, logger=make_loggers(out),
-        callbacks=[checkpoint], plugins=[SafetensorsCheckpointIO()], enable_progress_bar=cfg.train.progress_bar,
-        num_sanity_val_steps=0,
-    )
-    last = ckpt_dir / "last.safetensors"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.train.resume and last.is_file() else None)
+    trainer = fit(module, data, cfg.train, out)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
         vae = module.vae.cpu()

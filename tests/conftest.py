@@ -69,3 +69,25 @@ def vae_dir(tmp_path_factory, tokenizer) -> str:
     vae.save_pretrained(folder / "vae")
     tokenizer.save_pretrained(folder / "tokenizer")
     return str(folder)
+
+
+@pytest.fixture
+def make_pipeline(vae_dir):
+    """Builds a pipeline on the tiny VAE whose DiT has random (not zero-initialised) weights, so every path
+    changes the output: ``make_pipeline(objective="vp", scheduler="dpm++")``."""
+    from ldlm.dit.model import LatentDiT
+    from ldlm.dit.objective import make_scheduler
+    from ldlm.latents import load_vae
+    from ldlm.pipeline import LatentDiffusionLMPipeline
+
+    def build(objective: str = "vp", scheduler: str = "dpm++"):
+        vae, tokenizer = load_vae(vae_dir)
+        torch.manual_seed(0)
+        dit = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=6, objective=objective)
+        for p in dit.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        pipe = LatentDiffusionLMPipeline(vae, dit, make_scheduler(scheduler), tokenizer)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return build

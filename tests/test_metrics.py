@@ -1,10 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from ldlm.errors import LdlmError
-from ldlm.metrics import GenerativePerplexity, distinct_n
+from ldlm.metrics import (GenerativePerplexity, adjacent_duplicate_rate, corpus_bleu, distinct_n, diversity,
+                          mauve_score, memorization, ngram_overlap, ngram_set, novel_ngram_rate, repetition_rate)
 
 
 def test_generative_perplexity_matches_the_lm_loss(teacher_dirs):
@@ -25,3 +27,58 @@ def test_distinct_n():
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
     assert distinct_n(["a b", "a b"], 2) == 0.5
     assert distinct_n(["a"], 2) == 0.0
+
+
+def test_diversity_is_the_product_of_one_minus_pooled_rep_n():
+    assert diversity(["a b a b"]) == pytest.approx(2 / 3)  # rep_2 = 1/3, rep_3 = rep_4 = 0
+    assert diversity(["a b c a b c"]) == pytest.approx(3 / 5 * 3 / 4 * 1)
+    assert diversity(["a b c d", "a b c d"]) == pytest.approx(1 / 2 * 1 / 2 * 1 / 2)
+    assert diversity(["a b c"]) == 0.0  # no 4-grams
+
+
+def test_repetition_rate_is_per_text():
+    assert repetition_rate("a b c d a b c d", 4) == pytest.approx(1 / 5)
+    assert repetition_rate("a b c d") == 0.0 and repetition_rate("a b") == 0.0
+
+
+def test_memorization_counts_generated_4grams_found_in_training():
+    train = ngram_set((t.split() for t in ["the cat sat on the mat"]), 4)
+    assert train == {("the", "cat", "sat", "on"), ("cat", "sat", "on", "the"), ("sat", "on", "the", "mat")}
+    assert memorization(["the cat sat on a mat", "too short"], train) == pytest.approx(1 / 3)
+    assert memorization(["the cat sat on the mat", "the cat sat on"], train) == 1.0
+    assert memorization(["short"], train) == 0.0
+
+
+def test_token_ngram_novelty_and_adjacent_duplicates():
+    known = ngram_set([[1, 2, 3]], 2)
+    assert novel_ngram_rate([[1, 2, 3, 4], [2, 3]], known, 2) == pytest.approx(1 / 4)
+    assert ngram_overlap([[1, 2, 3, 4], [2, 3]], known, 2) == pytest.approx(3 / 4)
+    assert novel_ngram_rate([[1]], known, 2) == 0.0
+    assert adjacent_duplicate_rate([[1, 1, 2], [3, 3, 3], [5]]) == pytest.approx(3 / 4)
+    assert adjacent_duplicate_rate(["the the cat".split()]) == 0.5
+
+
+def test_corpus_bleu_by_hand():
+    # hypothesis precisions 5/5, 3/4, 2/3, 1/2; brevity penalty exp(1 - 6/5)
+    expected = (1 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25 * math.exp(1 - 6 / 5)
+    assert corpus_bleu(["the cat is on the mat"], ["the cat is on mat"]) == pytest.approx(expected)
+    texts = ["The Eagle is a pub in the city centre.", "Zizzi is a cheap restaurant near the river."]
+    assert corpus_bleu(texts, texts) == pytest.approx(1.0)
+    # counts are pooled over the corpus: the second pair has no 4-gram match on its own
+    pooled = corpus_bleu(["a b c d e", "x y"], ["a b c d e", "x y"])
+    assert pooled == pytest.approx(1.0)
+    assert corpus_bleu(["a b c d"], ["a a a a"]) == 0.0  # clipped: no bigram matches
+    assert corpus_bleu(["a b c d"], [""]) == 0.0
+    with pytest.raises(LdlmError, match="one reference per hypothesis"):
+        corpus_bleu(["a"], [])
+
+
+def test_mauve_identical_vs_disjoint_features():
+    pytest.importorskip("mauve")
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(100, 8)).astype(np.float32)
+    assert mauve_score(p, p.copy()) == pytest.approx(1.0, abs=1e-6)
+    assert mauve_score(p, rng.normal(size=(100, 8)) + 10) < 0.05
+    assert mauve_score(p, p.copy(), seed=3) == mauve_score(p, p.copy(), seed=3)
+    with pytest.raises(LdlmError, match="feature arrays"):
+        mauve_score(p, p[:, :4])

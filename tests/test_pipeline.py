@@ -7,22 +7,10 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from ldlm.cli import main
-from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import FLOW_SCHEDULERS, VP_SCHEDULERS, make_scheduler
+from ldlm.dit.model import LatentDiT
 from ldlm.latents import load_vae
 from ldlm.pipeline import LatentDiffusionLMPipeline
-
-
-def _pipeline(vae_dir: str, objective: str = "vp", scheduler: str = "dpm++") -> LatentDiffusionLMPipeline:
-    """A pipeline whose DiT has random (not zero-initialised) weights, so every path changes the output."""
-    vae, tokenizer = load_vae(vae_dir)
-    torch.manual_seed(0)
-    dit = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=6, objective=objective)
-    for p in dit.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    pipe = LatentDiffusionLMPipeline(vae, dit, make_scheduler(scheduler), tokenizer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _seeded(seed: int = 0) -> torch.Generator:
@@ -30,17 +18,17 @@ def _seeded(seed: int = 0) -> torch.Generator:
 
 
 @pytest.mark.parametrize("objective,names", [("vp", list(VP_SCHEDULERS)), ("flow", list(FLOW_SCHEDULERS))])
-def test_every_scheduler_samples_3d_latents(vae_dir, objective, names):
+def test_every_scheduler_samples_3d_latents(make_pipeline, objective, names):
     for name in names:
-        pipe = _pipeline(vae_dir, objective, name)
+        pipe = make_pipeline(objective, name)
         out = pipe(batch_size=3, num_blocks=4, num_inference_steps=4, generator=_seeded())
         assert out.latents.shape == (3, 8, 8), name
         assert torch.isfinite(out.latents).all(), name
         assert len(out.texts) == 3 and all(isinstance(t, str) for t in out.texts)
 
 
-def test_same_seed_same_text_and_latent_output(vae_dir):
-    pipe = _pipeline(vae_dir)
+def test_same_seed_same_text_and_latent_output(make_pipeline):
+    pipe = make_pipeline()
     a = pipe(batch_size=2, num_inference_steps=5, generator=_seeded(1))
     b = pipe(batch_size=2, num_inference_steps=5, generator=_seeded(1))
     c = pipe(batch_size=2, num_inference_steps=5, generator=_seeded(2))
@@ -52,8 +40,8 @@ def test_same_seed_same_text_and_latent_output(vae_dir):
     assert texts == a.texts
 
 
-def test_save_and_load_in_a_fresh_process_gives_identical_text(vae_dir, tmp_path):
-    pipe = _pipeline(vae_dir)
+def test_save_and_load_in_a_fresh_process_gives_identical_text(make_pipeline, tmp_path):
+    pipe = make_pipeline()
     pipe.save_pretrained(tmp_path / "pipe")
     expected = pipe(batch_size=3, num_inference_steps=6, generator=_seeded(7)).texts
     code = (
@@ -69,8 +57,8 @@ def test_save_and_load_in_a_fresh_process_gives_identical_text(vae_dir, tmp_path
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
 
 
-def test_scheduler_swap(vae_dir):
-    pipe = _pipeline(vae_dir)
+def test_scheduler_swap(make_pipeline):
+    pipe = make_pipeline()
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert len(pipe(num_inference_steps=3, generator=_seeded()).texts) == 1
@@ -82,8 +70,8 @@ def test_scheduler_swap(vae_dir):
         pipe(num_inference_steps=3)
 
 
-def test_prompt_conditioning_and_guidance(vae_dir):
-    pipe = _pipeline(vae_dir)
+def test_prompt_conditioning_and_guidance(make_pipeline):
+    pipe = make_pipeline()
     tok, cfg = pipe.tokenizer, pipe.vae.config
     long_prompt = "The Eagle is a cheap coffee shop serving Italian food in the riverside."  # 1 full block + 5
     short_prompt = "Zizzi is a pub"  # a partial block only
@@ -105,8 +93,8 @@ def test_prompt_conditioning_and_guidance(vae_dir):
     assert torch.equal(unconditional.latents, plain.latents)
 
 
-def test_partial_prompt_blocks_are_held_to_the_prompt_tokens(vae_dir, monkeypatch):
-    pipe = _pipeline(vae_dir)
+def test_partial_prompt_blocks_are_held_to_the_prompt_tokens(make_pipeline, monkeypatch):
+    pipe = make_pipeline()
     prompt = "Zizzi is a cheap pub"  # 5 tokens: a partial block only, so every one-block encoding is a hold
     tail = pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     held = []
@@ -129,13 +117,13 @@ def test_partial_prompt_blocks_are_held_to_the_prompt_tokens(vae_dir, monkeypatc
     ({"num_samples_per_prompt": 0}, "num_samples"), ({"batch_size": 0}, "batch_size"),
     ({"prompt": "x", "batch_size": 2}, "either prompt or batch_size"),
 ])
-def test_bad_arguments(vae_dir, kwargs, message):
+def test_bad_arguments(make_pipeline, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        _pipeline(vae_dir)(num_inference_steps=kwargs.pop("num_inference_steps", 2), **kwargs)
+        make_pipeline()(num_inference_steps=kwargs.pop("num_inference_steps", 2), **kwargs)
 
 
-def test_generate_cli(vae_dir, tmp_path, capsys):
-    _pipeline(vae_dir).save_pretrained(tmp_path / "pipe")
+def test_generate_cli(make_pipeline, tmp_path, capsys):
+    make_pipeline().save_pretrained(tmp_path / "pipe")
     model = str(tmp_path / "pipe")
     assert main(["generate", "--model", model, "--num-samples", "2", "--steps", "3", "--seed", "4",
                  "--scheduler", "ddim", "--prompt", "Aromi is a pub", "--guidance-scale", "2"]) == 0
@@ -179,8 +167,8 @@ def test_samplers_draw_the_data_distribution_of_an_exact_denoiser(vae_dir, name)
     assert abs(float(x.std()) - oracle.tau) < 0.05, name
 
 
-def test_a_clipping_scheduler_is_refused(vae_dir):
-    pipe = _pipeline(vae_dir)
+def test_a_clipping_scheduler_is_refused(make_pipeline):
+    pipe = make_pipeline()
     pipe.scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
     with pytest.raises(ValueError, match="clip_sample=False"):
         pipe(num_inference_steps=2)

@@ -22,3 +22,20 @@ def test_generate_defaults_to_the_shipped_pipeline(capsys):
     assert main(["generate", "--num-samples", "2", "--steps", "4", "--scheduler", "ddim"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(lines)
+
+
+def test_shipped_guidance_models_read_the_shipped_latents():
+    from ldlm.classifier import load_classifier
+    from ldlm.generate import SHIPPED_CONTENT
+    from ldlm.postags import LexiconTagger
+
+    pipe = load_pipeline()
+    content = load_classifier(SHIPPED_CONTENT)
+    text = "Loch Fyne serves English food in the riverside area."
+    latents = pipe.vae.standardize(pipe.vae.encode_text([text], pipe.tokenizer)[0])[None]
+    probs = dict(zip(content.config.labels, content(latents).sigmoid()[0].tolist()))
+    assert probs["food[English]"] > 0.5 and probs["area[riverside]"] > 0.5 and probs["food[Chinese]"] < 0.5
+    tags = load_classifier(SHIPPED_CONTENT.parent / "pos")(latents).argmax(-1)[0]
+    assert tags.shape == (16,) and content.config.latents_per_block == 4
+    lexicon = LexiconTagger.load(SHIPPED_CONTENT.parent / "pos-lexicon.json")
+    assert lexicon.tag(["the", "food", "is", "cheap"]) == ["DET", "NOUN", "VERB", "ADJ"]

@@ -1,0 +1,125 @@
+"""Infilling: fix the first and last blocks of held-out texts, generate the middle, and score how much of the true
+middle's content comes back (word F1), for the two ways of fixing blocks (clean context vs re-noised replacement)
+against a continuation that sees only the first blocks. Also prints E2E examples from the shipped pipeline.
+
+    python benchmarks/infill_report.py --model runs/kjv-long/pipeline
+    python benchmarks/infill_report.py --model checkpoints/ldlm-e2e-smollm2 --corpus ../shared/data/e2e/test.jsonl \
+        --val-fraction 1 --fixed-blocks 1 --min-tokens 56 --texts 32 --out docs/img/infill-e2e
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+import torch
+
+from ldlm.corpus import read_corpus
+from ldlm.data import split_documents
+from ldlm.generate import load_pipeline
+from ldlm.metrics import GenerativePerplexity
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+E2E_EXAMPLES = [
+    ["The Eagle is a coffee shop", None, "It is not family-friendly."],
+    ["Zizzi is a pub near the river.", None, "Prices are high."],
+]
+
+
+def word_f1(generated: str, reference: str) -> float:
+    """Unigram F1 of lower-cased words (bag overlap)."""
+    a, b = Counter(generated.lower().split()), Counter(reference.lower().split())
+    common = sum((a & b).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(a.values()), common / sum(b.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def split_case(text: str, tok, span: int, fixed: int) -> tuple[str, str, str]:
+    """The first ``span`` tokens of ``text`` as whole words: (start, middle, end), start and end being the most
+    words that tokenize to at most ``fixed`` tokens each (so each takes at most fixed / L blocks)."""
+    words = tok.decode(tok(text, add_special_tokens=False)["input_ids"][:span]).split()[:-1]  # drop a cut word
+    fits = lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) <= fixed  # noqa: E731
+    head = next(n for n in range(len(words), 0, -1) if fits(" ".join(words[:n])))
+    tail = next(n for n in range(len(words) - head, 0, -1) if fits(" " + " ".join(words[-n:])))  # mid-text
+    return " ".join(words[:head]), " ".join(words[head:-tail]), " ".join(words[-tail:])
+
+
+def middle(text: str, first: str, last: str | None) -> str:
+    """The generated text between the fixed segments."""
+    rest = text[len(first) :]
+    return rest[: rest.find(last.strip())] if last and last.strip() in rest else rest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="pipeline folder of a long-document model")
+    parser.add_argument("--corpus", default="../shared/data/kjv/chapters.jsonl")
+    parser.add_argument("--val-fraction", type=float, default=0.02, help="the DiT run's held-out split")
+    parser.add_argument("--texts", type=int, default=16)
+    parser.add_argument("--min-tokens", type=int, default=0, help="only texts at least this long")
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--fixed-blocks", type=int, default=2, help="blocks fixed at each end")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/img/infill")
+    args = parser.parse_args()
+
+    pipe = load_pipeline(args.model)
+    tok, length = pipe.tokenizer, pipe.vae.config.block_length
+    window = pipe.transformer.config.max_blocks
+    gap = window - 2 * args.fixed_blocks
+    texts = read_corpus(args.corpus)
+    _, held_out = split_documents(len(texts), args.val_fraction, args.seed)
+    long_enough = [i for i in held_out if len(tok(texts[i])["input_ids"]) >= args.min_tokens][: args.texts]
+    cases = [split_case(texts[i], tok, window * length, args.fixed_blocks * length) for i in long_enough]
+    ppl = GenerativePerplexity()
+    results, examples = {}, {}
+    for method in ("condition", "replace", "prefix only"):
+        start = time.perf_counter()
+        scores, middles = [], []
+        for j, (first, truth, last) in enumerate(cases):
+            segments = [first, None] if method == "prefix only" else [first, None, last]
+            out = pipe.infill(segments, gap_blocks=gap if method != "prefix only" else window - args.fixed_blocks,
+                              method="replace" if method == "replace" else "condition", num_samples=args.samples,
+                              num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed + j))
+            for text in out.texts:
+                found = middle(text, first, None if method == "prefix only" else last)
+                found = " ".join(found.split()[: len(truth.split())])  # the same span length as the truth
+                middles.append(found)
+                scores.append(word_f1(found, truth))
+        results[method] = {"word_f1": sum(scores) / len(scores), "gen_ppl": ppl(middles),
+                           "seconds": time.perf_counter() - start}
+        examples[method] = middles[: args.samples]
+        print(f"{method:12s} word F1 vs the true middle {results[method]['word_f1']:.3f}  gen-PPL of the middles "
+              f"{results[method]['gen_ppl']:.0f}  ({results[method]['seconds']:.0f} s)", flush=True)
+    shipped = load_pipeline()
+    e2e = {" / ".join(s or "_" for s in segments): shipped.infill(
+        segments, num_samples=2, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0)).texts
+        for segments in E2E_EXAMPLES}
+    for key, outs in e2e.items():
+        print(key, "→", outs)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"args": vars(args), "results": results, "case": cases[0], "middles": examples, "e2e": e2e},
+        indent=2, ensure_ascii=False))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    names = list(results)
+    ax.bar(names, [results[n]["word_f1"] for n in names], color=["C0", "C1", "C7"])
+    ax.set_ylabel("word F1 with the true middle")
+    ax.set_title(f"Infilling {gap} blocks between {args.fixed_blocks}+{args.fixed_blocks} fixed (held-out KJV)")
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Speed: generated tokens per second of ldlm against the autoregressive baseline, measured in one process run, with
+a profile of where ldlm's time goes (DiT, VAE decoder, vocabulary projection).
+
+    python benchmarks/speed.py                           # 5/10/25/50 steps × 64/256/1024 tokens × batch 1/16
+    python benchmarks/speed.py --ar runs/e2e-ar --device cuda
+    python benchmarks/speed.py --quick                   # CI smoke run (< 2 min on CPU)
+
+Both systems produce token ids and nothing else (no detokenization) for exactly ``tokens`` positions per row.
+ldlm: an output that fits one window is one pipeline call (``pipe(batch_size=B, num_blocks=tokens / L)``) plus the
+VAE decode; a longer one runs LongGeneration's own group steps (``_group``: ``new_blocks`` new blocks denoised
+after the clean context of the blocks before them, ``_ids``: the VAE decode) for ⌈tokens / (new_blocks·L)⌉ groups.
+Iterating LongGeneration itself would not give a fixed amount of work: with ``stop_at_eos=False`` it drops EOS
+tokens before counting towards ``max_tokens`` and ends a document at a group of nothing but EOS. AR: ``generate``
+with the KV cache, sampling ``tokens`` new tokens per row (``stop_at_eos=False``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ldlm.ar_model import CausalLM, load_ar
+from ldlm.generate import load_pipeline
+from ldlm.longgen import LongGeneration
+from ldlm.pipeline import LatentDiffusionLMPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADLINE = dict(batch=1, tokens=256, steps=10)  # the configuration of the speedup line
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float | None]:
+    """Median wall time of ``repeats`` calls of ``fn`` (the caller warms up), and on CUDA their peak allocated
+    memory in MiB."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return statistics.median(times), peak
+
+
+def ldlm_ids(pipe: LatentDiffusionLMPipeline, batch: int, tokens: int, steps: int, new_blocks: int | None,
+             generator: torch.Generator) -> torch.Tensor:
+    """Token ids (batch, tokens) from ldlm: one window when the output fits, else block by block."""
+    vae, cfg = pipe.vae, pipe.vae.config
+    if tokens % cfg.block_length:
+        raise ValueError(f"output length {tokens} is not a multiple of the block length {cfg.block_length}")
+    blocks = tokens // cfg.block_length
+    if blocks <= pipe.transformer.config.max_blocks:
+        latents = pipe(batch_size=batch, num_blocks=blocks, num_inference_steps=steps, generator=generator,
+                       output_type="latent").latents
+        ids = vae.decode_ids(latents.reshape(-1, cfg.latents_per_block, cfg.latent_channels).to(vae.dtype))
+        return ids.reshape(batch, tokens)
+    run = LongGeneration(pipe, None, max_tokens=tokens, num_documents=batch, new_blocks=new_blocks,
+                         num_inference_steps=steps, generator=generator, stop_at_eos=False, max_repeat=1.0, retries=0)
+    keep = (run.window - run.new_blocks) * cfg.latents_per_block
+    context = torch.zeros(batch, 0, cfg.latent_channels, device=pipe._execution_device)
+    rows: list[list[int]] = [[] for _ in range(batch)]
+    for _ in range(-(-blocks // run.new_blocks)):  # whole groups, the last one cut as LongGeneration cuts it
+        latents = run._group(context, None)
+        for row, ids in zip(rows, run._ids(latents)):
+            row.extend(ids)
+        context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
+    return torch.tensor(rows)[:, :tokens]
+
+
+def ar_ids(model: CausalLM, batch: int, tokens: int, generator: torch.Generator) -> torch.Tensor:
+    return model.generate(batch_size=batch, max_new_tokens=tokens, stop_at_eos=False, generator=generator)
+
+
+def load_baseline(path: str | None, pipe: LatentDiffusionLMPipeline, device: torch.device) -> tuple[CausalLM, str]:
+    """The trained baseline at ``path``, or an untrained CausalLM.small() over the VAE's token table."""
+    if path is not None:
+        return load_ar(path)[0].to(device), f"trained CausalLM from {path}"
+    vae = pipe.vae.config
+    model = CausalLM.small(vocab_size=vae.vocab_size, d_embed=vae.d_embed, eos_token_id=vae.eos_token_id)
+    model.set_token_table(pipe.vae.token_table.float().cpu())
+    note = "untrained CausalLM.small() (same size and token table; timing does not depend on the weights)"
+    return model.eval().to(device), note
+
+
+@contextmanager
+def profiled(pipe: LatentDiffusionLMPipeline, device: torch.device) -> Iterator[dict[str, float]]:
+    """Accumulate seconds spent in the DiT forward and in the VAE decode's parts (decoder layers, vocabulary
+    projection ``vae.logits``, and the rest of ``decode_ids``: the argmax) while the block runs."""
+    totals = {"dit": 0.0, "vae_decoder": 0.0, "vocab_projection": 0.0, "decode_ids": 0.0}
+    wrapped = {"decoder_states": "vae_decoder", "logits": "vocab_projection", "decode_ids": "decode_ids"}
+
+    def timer(fn: Callable, key: str) -> Callable:
+        def run(*args, **kwargs):
+            sync(device)
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync(device)
+            totals[key] += time.perf_counter() - start
+            return out
+        return run
+
+    for name, key in wrapped.items():  # instance attributes shadow the methods that decode/decode_ids call
+        setattr(pipe.vae, name, timer(getattr(pipe.vae, name), key))
+    transformer_forward = pipe.transformer.forward
+    pipe.transformer.forward = timer(transformer_forward, "dit")
+    try:
+        yield totals
+    finally:
+        for name in wrapped:
+            delattr(pipe.vae, name)
+        del pipe.transformer.forward
+
+
+def profile(pipe: LatentDiffusionLMPipeline, new_blocks: int | None, device: torch.device, seed: int) -> dict:
+    """Shares of ldlm's time at the headline configuration."""
+    b, n, s = HEADLINE["batch"], HEADLINE["tokens"], HEADLINE["steps"]
+    with profiled(pipe, device) as totals:
+        sync(device)
+        start = time.perf_counter()
+        ldlm_ids(pipe, b, n, s, new_blocks, torch.Generator(device).manual_seed(seed))
+        sync(device)
+        total = time.perf_counter() - start
+    parts = {"DiT forward": totals["dit"], "VAE decoder layers": totals["vae_decoder"],
+             "vocabulary projection (vae.logits)": totals["vocab_projection"],
+             "argmax over the vocabulary": totals["decode_ids"] - totals["vae_decoder"] - totals["vocab_projection"]}
+    parts["rest (scheduler, noise, glue)"] = total - sum(parts.values())
+    return {"seconds": total, "parts": parts}
+
+
+def shipped_longgen_tokens_per_s(pipe: LatentDiffusionLMPipeline, new_blocks: int | None, device: torch.device,
+                                 seed: int) -> float:
+    """Iterating LongGeneration as shipped (texts, anti-loop check) at the headline configuration, in decoded
+    positions per second (groups run × new blocks × L): shows the cost of what the timed path leaves out."""
+    b, n, s = HEADLINE["batch"], HEADLINE["tokens"], HEADLINE["steps"]
+    run = LongGeneration(pipe, None, max_tokens=n, num_documents=b, new_blocks=new_blocks, num_inference_steps=s,
+                         generator=torch.Generator(device).manual_seed(seed), stop_at_eos=False, max_repeat=1.0,
+                         retries=0)
+    positions = 0
+    group = run._group
+
+    def counted(context, held):
+        nonlocal positions
+        latents = group(context, held)
+        positions += latents.shape[0] * latents.shape[1] // pipe.vae.config.latents_per_block
+        return latents
+
+    run._group = counted
+    sync(device)
+    start = time.perf_counter()
+    for _ in run:
+        pass
+    sync(device)
+    return positions * pipe.vae.config.block_length / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped checkpoint)")
+    parser.add_argument("--ar", default=None, help="trained AR baseline (e.g. runs/e2e-ar); default: untrained")
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--new-blocks", type=int, default=None,
+                        help="new blocks per group past the window (default: LongGeneration's, window // 2)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="batch 1 and 16, 256 tokens, 10 steps, 1 repeat")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "speed"))
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.tokens, args.batch_sizes, args.repeats = [10], [256], [1, 16], 1
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"device {args.device} requested but CUDA is not available")
+    torch.set_grad_enabled(False)
+    # the speedup line's configuration is always measured
+    steps = sorted(set(args.steps) | {HEADLINE["steps"]})
+    lengths = sorted(set(args.tokens) | {HEADLINE["tokens"]})
+    batches = sorted(set(args.batch_sizes) | {HEADLINE["batch"]})
+
+    pipe = load_pipeline(args.model).to(device)
+    model, ar_note = load_baseline(args.ar, pipe, device)
+    window = pipe.transformer.config.max_blocks * pipe.vae.config.block_length
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"{torch.get_num_threads()} threads; ldlm window {window} tokens; AR baseline: {ar_note}", flush=True)
+
+    rows = []
+    for batch in batches:
+        for tokens in lengths:
+            gen = lambda: torch.Generator(device).manual_seed(args.seed)  # noqa: E731
+            ldlm_ids(pipe, batch, tokens, min(steps), args.new_blocks, gen())  # warm-up (same shapes at any steps)
+            for s in steps:
+                seconds, peak = measure(lambda: ldlm_ids(pipe, batch, tokens, s, args.new_blocks, gen()),
+                                        args.repeats, device)
+                rows.append({"system": "ldlm", "steps": s, "batch": batch, "tokens": tokens, "seconds": seconds,
+                             "tokens_per_s": batch * tokens / seconds, "peak_mib": peak})
+                print(f"  ldlm {s:3d} steps, batch {batch:3d}, {tokens:5d} tokens: {seconds:8.3f} s"
+                      + (f", peak {peak:.0f} MiB" if peak else ""), flush=True)
+            ar_ids(model, batch, tokens, gen())  # warm-up
+            seconds, peak = measure(lambda: ar_ids(model, batch, tokens, gen()), args.repeats, device)
+            rows.append({"system": "ar", "steps": None, "batch": batch, "tokens": tokens, "seconds": seconds,
+                         "tokens_per_s": batch * tokens / seconds, "peak_mib": peak})
+            print(f"  AR  (KV cache), batch {batch:3d}, {tokens:5d} tokens: {seconds:8.3f} s"
+                  + (f", peak {peak:.0f} MiB" if peak else ""), flush=True)
+
+    print("\n| system | batch | " + " | ".join(f"{n} tokens" for n in lengths) + " |  (tokens/s)")
+    print("|---|---|" + "---|" * len(lengths))
+    rate = {(r["system"], r["steps"], r["batch"], r["tokens"]): r["tokens_per_s"] for r in rows}
+    for batch in batches:
+        for system, s in [("ldlm", s) for s in steps] + [("ar", None)]:
+            name = f"ldlm, {s} steps" if system == "ldlm" else "AR (KV cache)"
+            print(f"| {name} | {batch} | " + " | ".join(f"{rate[system, s, batch, n]:.0f}" for n in lengths) + " |")
+
+    prof = profile(pipe, args.new_blocks, device, args.seed)
+    b, n, s = HEADLINE["batch"], HEADLINE["tokens"], HEADLINE["steps"]
+    print(f"\nldlm time at {s} steps, {n} tokens, batch {b} ({prof['seconds']:.3f} s, timers synchronize):")
+    for part, seconds in prof["parts"].items():
+        print(f"  {part:36s} {seconds:8.4f} s  {100 * seconds / prof['seconds']:5.1f} %")
+    shipped = shipped_longgen_tokens_per_s(pipe, args.new_blocks, device, args.seed)
+    print(f"LongGeneration iterated as shipped (texts, anti-loop check): {shipped:.0f} decoded positions/s "
+          f"(timed path: {rate['ldlm', s, b, n]:.0f} tokens/s)")
+
+    speedup = rate["ldlm", s, b, n] / rate["ar", None, b, n]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "model": args.model or "shipped", "ar": ar_note, "new_blocks": args.new_blocks, "repeats": args.repeats,
+            "quick": args.quick}
+    out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows, "profile": prof,
+                                                    "shipped_longgen_positions_per_s": shipped,
+                                                    "speedup@10steps": speedup}, indent=1))
+    plot(rows, steps, batches, out.with_suffix(".png"), window)
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    print(f"speedup@10steps: {speedup:.2f}")
+
+
+def plot(rows: list[dict], steps: list[int], batches: list[int], path: Path, window: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 3.6), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        for system, s in [("ldlm", s) for s in steps] + [("ar", None)]:
+            points = sorted((r["tokens"], r["tokens_per_s"]) for r in rows
+                            if r["system"] == system and r["steps"] == s and r["batch"] == batch)
+            style = dict(color="black", linestyle="--") if system == "ar" else {}
+            ax.plot(*zip(*points), marker="o", label=f"ldlm, {s} steps" if s else "AR (KV cache)", **style)
+        ax.axvline(window, color="gray", linewidth=0.8, linestyle=":", label=f"one DiT window ({window} tokens)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        lengths = sorted({r["tokens"] for r in rows})
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("output length (tokens)")
+        ax.set_ylabel("generated tokens / s")
+        ax.set_title(f"batch {batch}")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

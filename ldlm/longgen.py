@@ -1,0 +1,170 @@
+"""Documents of any length, block by block: each group of new blocks is denoised in parallel, conditioned on the
+clean latents of the blocks before it within the transformer's window, so memory stays flat as the text grows."""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Callable
+
+import torch
+
+from ldlm.metrics import ngram_overlap, ngram_set
+from ldlm.pipeline import LatentDiffusionLMPipeline
+
+
+def repeated_share(new: list[int], history: list[int], n: int = 4) -> float:
+    """Share of the token n-grams of ``new`` (read on from ``history``) already present in ``history``."""
+    return ngram_overlap([history[-(n - 1) :] + new], ngram_set([history], n), n)
+
+
+class LongGeneration:
+    """Iterate to generate ``num_documents`` documents together, one group of ``new_blocks`` blocks at a time;
+    each item is the list of the documents' new text (empty once a document has stopped).
+
+    The context is the last ``window − new_blocks`` blocks (prompt blocks included); a prompt's trailing partial
+    block is finished in the first group with its tokens held. Anti-loop: a group whose token 4-grams repeat more
+    than ``max_repeat`` of the last ``history`` tokens is resampled up to ``retries`` times (the least repetitive
+    draw is kept), and a document stops after ``patience`` looping groups in a row. A document also stops at
+    ``max_tokens`` tokens or at its end-of-text (with ``stop_at_eos=False``, EOS tokens are dropped and the
+    document goes on until a group is all EOS). ``stop_reasons`` and ``resampled`` (extra
+    draws) report it.
+    """
+
+    def __init__(
+        self,
+        pipe: LatentDiffusionLMPipeline,
+        prompt: str | None = None,
+        max_tokens: int = 1024,
+        num_documents: int = 1,
+        new_blocks: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        guidance: Callable | None = None,
+        stop_at_eos: bool = True,
+        max_repeat: float = 0.5,
+        retries: int = 2,
+        patience: int = 3,
+        history: int = 512,
+    ) -> None:
+        window = pipe.transformer.config.max_blocks
+        new_blocks = max(1, window // 2) if new_blocks is None else new_blocks
+        if not isinstance(new_blocks, int) or not 1 <= new_blocks <= window:
+            raise ValueError(f"new_blocks must be an integer in 1..{window} (the transformer's window)")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        if not isinstance(num_documents, int) or num_documents < 1:
+            raise ValueError(f"num_documents must be a positive integer, got {num_documents!r}")
+        if not 0 < max_repeat <= 1 or retries < 0 or patience < 1 or history < 4:
+            raise ValueError("anti-loop settings need 0 < max_repeat ≤ 1, retries ≥ 0, patience ≥ 1, history ≥ 4")
+        if prompt is not None and (not isinstance(prompt, str) or not prompt):
+            raise ValueError("prompt must be a non-empty string")
+        pipe._check_sampling(num_inference_steps, guidance_scale, guidance)
+        pipe.objective()
+        self.pipe, self.window, self.new_blocks = pipe, window, new_blocks
+        self.prompt, self.max_tokens, self.num_documents = prompt, max_tokens, num_documents
+        self.sampling = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             generator=generator, guidance=guidance)
+        self.stop_at_eos, self.max_repeat, self.retries, self.patience = stop_at_eos, max_repeat, retries, patience
+        self.history_size = history
+        self.stop_reasons: list[str | None] = [None] * num_documents
+        self.resampled = 0
+
+    def _prompt(self) -> tuple[list[int], torch.Tensor]:
+        """The prompt's token ids and the standardized latents (blocks·K, C) of its complete blocks."""
+        pipe, cfg = self.pipe, self.pipe.vae.config
+        if self.prompt is None:
+            return [], torch.zeros(0, cfg.latent_channels, device=pipe._execution_device)
+        ids = pipe.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
+        full = len(ids) // cfg.block_length
+        if not full:
+            return ids, torch.zeros(0, cfg.latent_channels, device=pipe._execution_device)
+        blocks = torch.tensor(ids[: full * cfg.block_length], device=pipe._execution_device).view(full, -1)
+        return ids, pipe._encode_blocks(blocks, torch.ones_like(blocks))
+
+    @torch.no_grad()
+    def _group(self, context: torch.Tensor, held: list[dict[int, list[int]]] | None) -> torch.Tensor:
+        """Standardized latents (D, new_blocks·K, C) of the next group after ``context`` (D, ctx·K, C)."""
+        pipe, cfg = self.pipe, self.pipe.vae.config
+        d, c = len(context), context.shape[1]
+        n = c + self.new_blocks * cfg.latents_per_block
+        known = torch.cat([context, context.new_zeros(d, n - c, cfg.latent_channels)], dim=1)
+        mask = torch.zeros(d, n, dtype=torch.bool, device=known.device)
+        mask[:, :c] = True
+        return pipe._denoise(known, mask, held, **self.sampling)[:, c:]
+
+    def _ids(self, latents: torch.Tensor) -> list[list[int]]:
+        vae, cfg = self.pipe.vae, self.pipe.vae.config
+        blocks = vae.unstandardize(latents).reshape(-1, cfg.latents_per_block, cfg.latent_channels)
+        return vae.decode_ids(blocks.to(vae.dtype)).reshape(len(latents), -1).tolist()
+
+    def __iter__(self) -> Iterator[list[str]]:
+        pipe, cfg = self.pipe, self.pipe.vae.config
+        k, length, eos = cfg.latents_per_block, cfg.block_length, cfg.eos_token_id
+        prompt_ids, prompt_latents = self._prompt()
+        full = len(prompt_ids) // length
+        keep = (self.window - self.new_blocks) * k
+        context = prompt_latents[max(0, len(prompt_latents) - keep) :][None].expand(self.num_documents, -1, -1)
+        partial = prompt_ids[full * length :]
+        held = [{context.shape[1] // k: partial}] * self.num_documents if partial else None
+        histories = [deque(prompt_ids[-self.history_size :], maxlen=self.history_size)
+                     for _ in range(self.num_documents)]
+        counts = [len(prompt_ids)] * self.num_documents
+        looping = [0] * self.num_documents
+        if prompt_ids:
+            yield [pipe.tokenizer.decode(prompt_ids[: full * length])] * self.num_documents
+        while any(reason is None for reason in self.stop_reasons):
+            latents, ids, overlap = self._least_repetitive(context, held, histories, len(partial))
+            texts = []
+            for doc, row in enumerate(ids):
+                if self.stop_reasons[doc] is not None:
+                    texts.append("")
+                    continue
+                row = partial + row[len(partial) :]  # the prompt's tokens verbatim (the VAE may not reproduce them)
+                if eos in row[len(partial) :] and self.stop_at_eos:
+                    row = row[: row.index(eos, len(partial))]
+                    self.stop_reasons[doc] = "eos"
+                else:  # EOS ignored: what follows it goes on; a group of nothing but EOS still ends the document
+                    row = [token for token in row if token != eos]
+                    if len(row) == len(partial):
+                        self.stop_reasons[doc] = "eos"
+                row = row[: len(partial) + self.max_tokens - counts[doc]]
+                counts[doc] += len(row) - len(partial)
+                before = list(histories[doc])
+                texts.append(self._decode_after(before[: len(before) - len(partial)][-8:], row))
+                histories[doc].extend(row[len(partial) :])
+                looping[doc] = looping[doc] + 1 if overlap[doc] > self.max_repeat else 0
+                if self.stop_reasons[doc] is None and counts[doc] >= self.max_tokens:
+                    self.stop_reasons[doc] = "length"
+                elif self.stop_reasons[doc] is None and looping[doc] >= self.patience:
+                    self.stop_reasons[doc] = "loop"
+            yield texts
+            context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
+            held, partial = None, []
+
+    def _decode_after(self, before: list[int], ids: list[int]) -> str:
+        """The text ``ids`` add after ``before`` (decoding in context keeps word-initial spaces, which some
+        tokenizers drop at the start of a decode)."""
+        decode = lambda row: self.pipe.tokenizer.decode(row, skip_special_tokens=True)  # noqa: E731
+        head, full = decode(before), decode(before + ids)
+        return full[len(head) :] if full.startswith(head) else decode(ids)
+
+    def _least_repetitive(self, context, held, histories, skip: int):
+        """The next group (latents, token ids, 4-gram overlap per document), resampling looping ones."""
+        best = None
+        for attempt in range(self.retries + 1):
+            latents = self._group(context, held)
+            ids = self._ids(latents)
+            overlap = torch.tensor([repeated_share(row[skip:], list(h)) for row, h in zip(ids, histories)])
+            if best is None:
+                best = (latents, ids, overlap)
+            else:
+                self.resampled += 1
+                better = overlap < best[2]
+                best = (torch.where(better[:, None, None], latents, best[0]),
+                        [new if b else old for new, old, b in zip(ids, best[1], better.tolist())],
+                        torch.minimum(overlap, best[2]))
+            active = torch.tensor([r is None for r in self.stop_reasons])
+            if not bool(((best[2] > self.max_repeat) & active).any()):
+                break
+        return best

@@ -1,0 +1,164 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldlm.ar_config import ARExperiment
+from ldlm.ar_model import CausalLM, generate_texts, load_ar
+from ldlm.cli import main
+from ldlm.config import load_config
+from ldlm.errors import LdlmError
+from ldlm.latents import load_vae
+from ldlm.train_ar import ARModule, TokenDataModule, TokenWindows, build_model, train_ar
+
+V, EOS = 50, 1
+
+
+def _model(seed: int = 0) -> CausalLM:
+    """A tiny model with every weight perturbed (norms and biases too, so every path changes the output)."""
+    torch.manual_seed(seed)
+    model = CausalLM.tiny(vocab_size=V, d_embed=16, eos_token_id=EOS).eval()
+    model.set_token_table(torch.randn(V, 16) / 4)
+    for p in model.parameters():
+        p.data += 0.1 * torch.randn_like(p)
+    return model
+
+
+def test_shapes_and_parameter_counts():
+    model = _model()
+    ids = torch.randint(V, (2, 7))
+    assert model(ids).shape == (2, 7, V) and model.hidden_states(ids).shape == (2, 7, 16)
+    assert model.generate(ids, max_new_tokens=5, stop_at_eos=False).shape == (2, 5)
+    assert model.generate(batch_size=3, max_new_tokens=4, stop_at_eos=False).shape == (3, 4)
+    small = CausalLM.small(vocab_size=49152)
+    assert sum(p.numel() for p in small.parameters()) == 12_112_736  # VAE decoder + DiT small: 12,199,104
+    assert not any(name == "token_table" for name, _ in small.named_parameters())
+
+
+@torch.no_grad()
+def test_kv_cache_logits_equal_the_full_forward():
+    model = _model()
+    ids = torch.randint(V, (3, 12))
+    full = model(ids)
+    cache = model.new_cache(3, 12)
+    steps = [model(ids[:, :5], cache)]  # the prompt (is_causal), then a chunk after cached positions, then 1 by 1
+    steps.append(model(ids[:, 5:8], cache))
+    steps += [model(ids[:, i : i + 1], cache) for i in range(8, 12)]
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="full"):
+        model(ids[:, :1], cache)
+
+
+def test_greedy_generation_is_the_same_with_and_without_cache():
+    model = _model()
+    prompt = torch.randint(2, V, (2, 4))
+    for ids in (prompt, None):
+        cached = model.generate(ids, batch_size=2, max_new_tokens=20, temperature=0, stop_at_eos=False)
+        plain = model.generate(ids, batch_size=2, max_new_tokens=20, temperature=0, stop_at_eos=False,
+                               use_cache=False)
+        assert torch.equal(cached, plain) and cached.unique().numel() > 1
+    nucleus = model.generate(prompt, max_new_tokens=20, top_p=1e-6, stop_at_eos=False,
+                             generator=torch.Generator().manual_seed(0))
+    assert torch.equal(nucleus, model.generate(prompt, max_new_tokens=20, temperature=0, stop_at_eos=False))
+
+
+def test_generation_stops_at_eos():
+    model = _model()
+    with torch.no_grad():
+        model.token_bias[EOS] += 2.5  # EOS now and then
+    out = model.generate(batch_size=8, max_new_tokens=60, generator=torch.Generator().manual_seed(0))
+    assert out.shape[1] < 60
+    for row in out.tolist():
+        assert EOS in row and set(row[row.index(EOS):]) == {EOS}  # EOS from the first one on
+    assert (out[:, -1] == EOS).all() and (out[:, -2] != EOS).any()  # it stopped as the last row ended
+    assert model.generate(batch_size=8, max_new_tokens=60, stop_at_eos=False).shape == (8, 60)
+    with torch.no_grad():
+        model.token_bias[EOS] += 1e4
+    assert model.generate(batch_size=2, max_new_tokens=60).tolist() == [[EOS], [EOS]]
+
+
+def test_windows_start_with_eos_and_crop_long_documents():
+    docs = [[5, 6, EOS], list(range(10, 30)) + [EOS]]
+    short, long = TokenWindows(docs, EOS, 8, crop=False)[0], TokenWindows(docs, EOS, 8, crop=False)[1]
+    assert short["input_ids"].tolist() == [EOS, 5, 6, EOS, EOS, EOS, EOS, EOS]
+    assert short["targets"].tolist() == [5, 6, EOS, -100, -100, -100, -100, -100]
+    assert long["input_ids"].tolist() == [EOS, *range(10, 17)] and long["targets"].tolist() == list(range(10, 18))
+    crops = {TokenWindows(docs, EOS, 8)[1]["input_ids"][0].item() for _ in range(50)}
+    assert len(crops) > 3  # random windows of the long document
+
+
+def _overrides(vae_dir: str, out, *extra: str) -> list[str]:
+    return [
+        f"vae={vae_dir}", "data.train=[{path: 'builtin:restaurants:400'}]", "data.max_tokens=24",
+        "data.val_fraction=0.1", "model.preset=tiny", "sample.every=30", "sample.num_samples=2",
+        "sample.max_new_tokens=16", "train.max_steps=60", "train.batch_size=32", "train.lr=3e-3",
+        "train.warmup_steps=5", "train.val_every=30", "train.checkpoint_every=30", "train.progress_bar=false",
+        "train.accelerator=cpu", f"train.output_dir={out}", *extra,
+    ]
+
+
+@torch.no_grad()
+def _val_loss(model: CausalLM, cfg, tokenizer) -> float:
+    data = TokenDataModule(cfg.data, tokenizer, 32)
+    data.setup()
+    module = ARModule(model, {"train": {}})
+    losses = [module._common_step(batch) for batch in data.val_dataloader()]
+    return float(sum(loss * count for loss, count in losses) / sum(count for _, count in losses))
+
+
+def test_short_training_lowers_the_loss_and_exports_a_loadable_model(vae_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(ARExperiment, None, _overrides(vae_dir, out))
+    assert train_ar(cfg) == out
+    vae, tokenizer = load_vae(vae_dir)
+    model, loaded_tokenizer = load_ar(out)
+    assert torch.equal(model.token_table, vae.token_table) and loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    torch.manual_seed(0)
+    fresh = build_model(cfg, vae.token_table, tokenizer.eos_token_id)
+    assert _val_loss(model, cfg, tokenizer) < 0.5 * _val_loss(fresh, cfg, tokenizer)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [30, 60] and len(samples[0]["texts"]) == 2
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 60
+    assert (out / "checkpoints" / "last.safetensors").is_file()
+    assert (out / "model" / "diffusion_pytorch_model.safetensors").is_file()
+    texts = generate_texts(model, tokenizer, ["The Eagle is a", "Zizzi"], 2, max_new_tokens=24, temperature=0)
+    assert len(texts) == 4 and texts[0].startswith("The Eagle is a") and texts[0] == texts[1]
+    assert len(texts[0].split()) > 4
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "train.max_steps=90")))  # resumes at 60
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [30, 60, 90]
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 90
+
+
+def test_load_ar_refuses_other_folders(vae_dir, tmp_path):
+    for folder in (tmp_path, vae_dir):
+        with pytest.raises(LdlmError, match="no exported autoregressive model"):
+            load_ar(folder)
+    shutil.copytree(vae_dir, tmp_path / "vae-as-ar")
+    (tmp_path / "vae-as-ar" / "vae").rename(tmp_path / "vae-as-ar" / "model")
+    with pytest.raises(LdlmError, match="holds a TextVAE, not an autoregressive CausalLM"):
+        load_ar(tmp_path / "vae-as-ar")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.preset=huge", "model.preset"),
+    ("model.num_heads=3", "config error in model"),
+    ("data.max_tokens=0", "data.max_tokens"),
+    ("train.max_steps=many", "train.max_steps"),
+])
+def test_config_errors(vae_dir, tmp_path, capsys, override, message):
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    assert main(["train-ar", "--config", str(config), *_overrides(vae_dir, tmp_path / "o"), override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_shipped_config_with_a_missing_vae_is_one_line(tmp_path, capsys):
+    config = Path(__file__).parents[1] / "configs" / "e2e-ar.yaml"
+    assert main(["train-ar", "--config", str(config), f"vae={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no exported VAE" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from ldlm.cli import main
+from ldlm.longgen import LongGeneration, repeated_share
+
+PROMPT = "Zizzi is a cheap coffee shop serving Italian food in the riverside. It has a"
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+def test_long_generation_streams_thousands_of_tokens_in_a_bounded_window(make_pipeline):
+    pipe = make_pipeline()
+    widths, finite = [], []
+    forward = pipe.transformer.forward
+
+    def spy(x, *args):
+        widths.append(x.shape[1])
+        out = forward(x, *args)
+        finite.append(bool(torch.isfinite(out).all()))
+        return out
+
+    pipe.transformer.forward = spy
+    run = LongGeneration(pipe, PROMPT, max_tokens=2500, new_blocks=2, num_inference_steps=2, max_repeat=1.0,
+                         stop_at_eos=False, generator=torch.Generator().manual_seed(0))
+    tokens, peaks = 0, []
+    for (text,) in run:
+        tokens += len(text.split())  # the word tokenizer: one token per word
+        peaks.append(_peak_rss_mb())
+    assert run.stop_reasons == ["length"] and tokens >= 2500
+    assert max(widths) <= pipe.transformer.config.max_blocks * 2 and all(finite)
+    assert peaks[-1] - peaks[len(peaks) // 5] < 25  # the peak stops growing after the first groups
+
+
+def test_prompt_is_kept_verbatim_and_eos_ends_the_document(make_pipeline):
+    pipe = make_pipeline()
+    run = LongGeneration(pipe, PROMPT, max_tokens=200, new_blocks=3, num_inference_steps=2,
+                         generator=torch.Generator().manual_seed(1))
+    text = "".join(chunk for (chunk,) in run)
+    assert text.startswith(PROMPT)
+    assert run.stop_reasons[0] in ("eos", "length")
+    docs = LongGeneration(pipe, None, max_tokens=40, num_documents=3, num_inference_steps=2,
+                          generator=torch.Generator().manual_seed(1))
+    chunks = list(docs)
+    assert all(len(group) == 3 for group in chunks) and all(r is not None for r in docs.stop_reasons)
+
+
+def test_looping_groups_are_resampled_then_stopped(make_pipeline):
+    pipe = make_pipeline()
+    block = torch.tensor([pipe.tokenizer("Zizzi is a cheap coffee shop serving Italian")["input_ids"]])
+    looped = pipe.vae.standardize(pipe.vae.encode(block, torch.ones_like(block)))  # (1, K, C)
+    run = LongGeneration(pipe, None, max_tokens=1000, new_blocks=1, num_inference_steps=2, retries=2, patience=3)
+    run._group = lambda context, held: looped.expand(len(context), -1, -1)  # the model says the same thing forever
+    texts = [chunk for (chunk,) in run]
+    assert run.stop_reasons == ["loop"] and len(texts) == 4  # the first group is new, then 3 looping ones
+    assert run.resampled == 3 * 2
+
+
+def test_repeated_share():
+    assert repeated_share([4, 1, 2], [1, 2, 3, 4, 1, 2, 3]) == 1.0  # read on from the history's last 3 tokens
+    assert repeated_share([9, 1, 2, 3, 4], [1, 2, 3, 4, 5]) == pytest.approx(1 / 5)
+    assert repeated_share([9, 9, 9], [1, 2, 3, 4]) == 0.0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"new_blocks": 0}, "new_blocks"), ({"new_blocks": 7}, "new_blocks"), ({"max_tokens": 0}, "max_tokens"),
+    ({"prompt": ""}, "prompt"), ({"max_repeat": 0}, "anti-loop"), ({"num_inference_steps": 0}, "num_inference"),
+])
+def test_long_generation_rejects_bad_arguments(make_pipeline, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LongGeneration(make_pipeline(), **kwargs)
+
+
+def test_longgen_command_writes_the_document(make_pipeline, tmp_path, capsys):
+    make_pipeline().save_pretrained(tmp_path / "pipe")
+    out = tmp_path / "doc.txt"
+    assert main(["longgen", "--model", str(tmp_path / "pipe"), "--output", str(out), "--prompt", PROMPT,
+                 "--max-tokens", "300", "--steps", "2", "--ignore-eos", "--max-repeat", "1"]) == 0
+    assert out.read_text().startswith(PROMPT)
+    assert f"to {out}" in capsys.readouterr().out
+    assert main(["longgen", "--model", str(tmp_path / "pipe"), "--output", str(tmp_path / "no" / "doc.txt")]) == 2
+    assert main(["longgen", "--model", str(tmp_path / "pipe"), "--output", str(out), "--new-blocks", "9"]) == 2
+    assert "new_blocks" in capsys.readouterr().err
