@@ -103,8 +103,9 @@ def write_long_document(path: str | None, output: str, prompt: str | None, max_t
     from tqdm.auto import tqdm
 
     target = Path(output)
-    if not target.parent.is_dir():
-        raise LdlmError(f"cannot write {output}: no folder {target.parent}")
+    if not target.parent.is_dir() or target.is_dir():
+        raise LdlmError(f"cannot write {output}: " + ("it is a folder" if target.is_dir() else
+                                                       f"no folder {target.parent}"))
     pipe = _device_pipeline(path, None, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     try:
@@ -112,12 +113,9 @@ def write_long_document(path: str | None, output: str, prompt: str | None, max_t
                              generator=generator, stop_at_eos=stop_at_eos, max_repeat=max_repeat)
     except ValueError as err:
         raise LdlmError(str(err)) from None
-    tokens = 0
     with open(target, "w", encoding="utf-8") as handle, tqdm(total=max_tokens, unit="tok") as bar:
         for (text,) in run:
             handle.write(text)
             handle.flush()
-            count = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
-            tokens += count
-            bar.update(min(count, max_tokens - bar.n))
-    return tokens, run.stop_reasons[0]
+            bar.update(min(run.token_counts[0], max_tokens) - bar.n)
+    return run.token_counts[0], run.stop_reasons[0]

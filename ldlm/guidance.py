@@ -20,7 +20,7 @@ class TokenScores:
         self.vae = pipe.vae
         self.ids = sorted(set(token_ids))
         with torch.no_grad():
-            logits = self.vae.logits(self._states(anchor))
+            logits = self.vae.logits(self._states(anchor).to(self.vae.dtype)).float()
             top = logits.topk(top_k, dim=-1).indices
         extra = torch.tensor(self.ids, dtype=torch.long, device=top.device)
         self.duplicate = (top[..., None] == extra).any(-1)  # a required token already among the top-k
@@ -142,7 +142,7 @@ class ClassifierControl(Control):
             self.phrase = match.group(1) if match else self.label
 
     def score(self, pipe, x0: torch.Tensor, tokens: TokenScores) -> torch.Tensor:
-        logits = self.classifier(x0.to(self.classifier.dtype)).float()
+        logits = self.classifier.to(x0.device)(x0.to(self.classifier.dtype)).float()
         return F.logsigmoid(logits[:, self.index])
 
     def success(self, text: str, tokenizer) -> bool:
@@ -170,7 +170,7 @@ class TaggingControl(Control):
         self.targets = torch.tensor([-100 if t is None else labels.index(t) for t in self.tags])
 
     def score(self, pipe, x0: torch.Tensor, tokens: TokenScores) -> torch.Tensor:
-        logits = self.tagger(x0.to(self.tagger.dtype)).float()
+        logits = self.tagger.to(x0.device)(x0.to(self.tagger.dtype)).float()
         width = min(len(self.targets), logits.shape[1])
         targets = self.targets[:width].to(logits.device).expand(len(logits), -1)
         nll = F.cross_entropy(logits[:, :width].transpose(1, 2), targets, ignore_index=-100, reduction="none")
@@ -225,7 +225,6 @@ class GradientGuidance:
         with torch.enable_grad():
             for _ in range(self.steps):
                 loss = (self.proximity * (z - anchor).pow(2).sum((1, 2)) - self.total_score(pipe, z, tokens)).sum()
-                optimizer.zero_grad()
-                loss.backward()
+                z.grad = torch.autograd.grad(loss, z)[0]  # only z: no gradient lands on model weights
                 optimizer.step()
         return z.detach()

@@ -25,8 +25,8 @@ class LongGeneration:
     block is finished in the first group with its tokens held. Anti-loop: a group whose token 4-grams repeat more
     than ``max_repeat`` of the last ``history`` tokens is resampled up to ``retries`` times (the least repetitive
     draw is kept), and a document stops after ``patience`` looping groups in a row. A document also stops at
-    ``max_tokens`` tokens or at its end-of-text (with ``stop_at_eos=False``, EOS tokens are dropped and the
-    document goes on until a group is all EOS). ``stop_reasons`` and ``resampled`` (extra
+    ``max_tokens`` tokens (``token_counts``) or at its end-of-text (with ``stop_at_eos=False``, EOS tokens are
+    dropped and the document goes on until a group is all EOS). ``stop_reasons`` and ``resampled`` (extra
     draws) report it.
     """
 
@@ -68,6 +68,7 @@ class LongGeneration:
         self.stop_at_eos, self.max_repeat, self.retries, self.patience = stop_at_eos, max_repeat, retries, patience
         self.history_size = history
         self.stop_reasons: list[str | None] = [None] * num_documents
+        self.token_counts = [0] * num_documents  # tokens of each document so far, prompt included
         self.resampled = 0
 
     def _prompt(self) -> tuple[list[int], torch.Tensor]:
@@ -109,7 +110,7 @@ class LongGeneration:
         held = [{context.shape[1] // k: partial}] * self.num_documents if partial else None
         histories = [deque(prompt_ids[-self.history_size :], maxlen=self.history_size)
                      for _ in range(self.num_documents)]
-        counts = [len(prompt_ids)] * self.num_documents
+        counts = self.token_counts = [len(prompt_ids)] * self.num_documents
         looping = [0] * self.num_documents
         if prompt_ids:
             yield [pipe.tokenizer.decode(prompt_ids[: full * length])] * self.num_documents
@@ -124,11 +125,10 @@ class LongGeneration:
                 if eos in row[len(partial) :] and self.stop_at_eos:
                     row = row[: row.index(eos, len(partial))]
                     self.stop_reasons[doc] = "eos"
-                else:  # EOS ignored: what follows it goes on; a group of nothing but EOS still ends the document
-                    row = [token for token in row if token != eos]
-                    if len(row) == len(partial):
-                        self.stop_reasons[doc] = "eos"
-                row = row[: len(partial) + self.max_tokens - counts[doc]]
+                row = partial + self._clean(row[len(partial) :])
+                if len(row) == len(partial) and not self.stop_at_eos:  # a group of nothing but EOS ends it too
+                    self.stop_reasons[doc] = "eos"
+                row = row[: len(partial) + max(0, self.max_tokens - counts[doc])]
                 counts[doc] += len(row) - len(partial)
                 before = list(histories[doc])
                 texts.append(self._decode_after(before[: len(before) - len(partial)][-8:], row))
@@ -141,6 +141,12 @@ class LongGeneration:
             yield texts
             context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
             held, partial = None, []
+
+    def _clean(self, ids: list[int]) -> list[int]:
+        """Generated ids without padding, and without EOS when it does not end the document."""
+        cfg = self.pipe.vae.config
+        drop = {cfg.pad_token_id} if self.stop_at_eos else {cfg.pad_token_id, cfg.eos_token_id}
+        return [token for token in ids if token not in drop]
 
     def _decode_after(self, before: list[int], ids: list[int]) -> str:
         """The text ``ids`` add after ``before`` (decoding in context keeps word-initial spaces, which some
@@ -155,7 +161,7 @@ class LongGeneration:
         for attempt in range(self.retries + 1):
             latents = self._group(context, held)
             ids = self._ids(latents)
-            overlap = torch.tensor([repeated_share(row[skip:], list(h)) for row, h in zip(ids, histories)])
+            overlap = torch.tensor([repeated_share(self._clean(row[skip:]), list(h)) for row, h in zip(ids, histories)])
             if best is None:
                 best = (latents, ids, overlap)
             else:

@@ -91,7 +91,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
 
     def _encode_blocks(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Standardized latents (B·K, C) of token blocks (B, L)."""
-        return self.vae.standardize(self.vae.encode(ids, mask)).reshape(-1, self.vae.config.latent_channels)
+        latents = self.vae.standardize(self.vae.encode(ids, mask)).float()  # the sampler state is fp32
+        return latents.reshape(-1, self.vae.config.latent_channels)
 
     def _context(self, prompt_ids: list[list[int]], n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean latents and mask (B, N) of each prompt's complete blocks."""
@@ -199,7 +200,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                 else:
                     self_cond = None if x0 is None else x0.to(dtype)
                     output = self.transformer(x_in.to(dtype), timestep, self_cond, flagged).float()
-                x0 = objective.to_x0(x_in, output, t)
+                x0 = torch.where(known_mask[..., None], known, objective.to_x0(x_in, output, t))
                 if guidance is not None or held:
                     if guidance is not None:
                         x0 = guidance(self, x0, t)
@@ -208,7 +209,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                     output = objective.from_x0(x_in, x0, t)
                 latents = self.scheduler.step(output, t, latents, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
-                    values = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    frame = locals()  # (a comprehension has its own locals before Python 3.12)
+                    values = {name: frame[name] for name in callback_on_step_end_tensor_inputs}
                     latents = callback_on_step_end(self, i, t, values).get("latents", latents)
                 bar.update()
         latents = torch.where(known_mask[..., None], known, latents)

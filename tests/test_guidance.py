@@ -89,3 +89,29 @@ def test_generate_command_guides_by_length_and_keyword(make_pipeline, tmp_path, 
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert main(["generate", "--model", str(tmp_path / "pipe"), "--content", "food[Italian]"]) == 2
     assert "--classifier" in capsys.readouterr().err
+
+
+def test_guidance_sees_the_known_latents_and_leaves_model_weights_alone(make_pipeline):
+    pipe = make_pipeline()
+    seen = []
+    inner = GradientGuidance([KeywordControl("riverside")], steps=2)
+
+    def spy(pipe_, x0, t):
+        seen.append(x0.clone())
+        return inner(pipe_, x0, t)
+
+    prompt = "Zizzi is a cheap coffee shop serving Italian food in the riverside."  # one full block of 8
+    out = pipe(prompt, num_blocks=3, num_inference_steps=3, guidance=spy, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"][:8]])
+    known = pipe.vae.standardize(pipe.vae.encode(ids, torch.ones_like(ids))).reshape(-1, 8)
+    assert len(seen) == 3 and all(torch.allclose(x0[0, :2], known, atol=1e-5) for x0 in seen)
+    assert out.texts[0].startswith(prompt)
+    assert all(p.grad is None for p in [*pipe.vae.parameters(), *pipe.transformer.parameters()])
+
+
+def test_half_precision_models_infill_and_guide(make_pipeline):
+    pipe = make_pipeline().to(torch.float16)
+    guidance = GradientGuidance([LengthControl(9)], steps=1)
+    out = pipe.infill(["Zizzi is a cheap coffee shop serving Italian food in the riverside.", None],
+                      num_inference_steps=2, guidance=guidance, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.latents).all() and out.latents.dtype == torch.float32

@@ -84,3 +84,25 @@ def test_longgen_command_writes_the_document(make_pipeline, tmp_path, capsys):
     assert main(["longgen", "--model", str(tmp_path / "pipe"), "--output", str(tmp_path / "no" / "doc.txt")]) == 2
     assert main(["longgen", "--model", str(tmp_path / "pipe"), "--output", str(out), "--new-blocks", "9"]) == 2
     assert "new_blocks" in capsys.readouterr().err
+
+
+def test_without_eos_stops_padding_and_eos_are_dropped_and_an_all_eos_group_ends(make_pipeline):
+    pipe = make_pipeline()
+    cfg = pipe.vae.config
+    assert cfg.pad_token_id != cfg.eos_token_id  # the fixture's tokenizer keeps them apart
+    words = pipe.tokenizer("Zizzi is a cheap pub", add_special_tokens=False)["input_ids"]
+    blocks = [words + [cfg.eos_token_id] + [cfg.pad_token_id] * 2, [cfg.eos_token_id] + [cfg.pad_token_id] * 7]
+    ids = torch.tensor(blocks)
+    latents = pipe.vae.standardize(pipe.vae.encode(ids, (ids != cfg.pad_token_id).long()))  # (2, K, C)
+    groups = iter([latents[:1], latents[1:]])
+    run = LongGeneration(pipe, None, max_tokens=100, new_blocks=1, stop_at_eos=False, max_repeat=1.0)
+    run._group = lambda context, held: next(groups)
+    run._ids = lambda group: [blocks[0] if torch.equal(group, latents[:1]) else blocks[1]]
+    texts = [chunk for (chunk,) in run]
+    assert texts == ["Zizzi is a cheap pub", ""] and run.stop_reasons == ["eos"]
+
+
+def test_a_prompt_longer_than_max_tokens_ends_the_document(make_pipeline):
+    run = LongGeneration(make_pipeline(), PROMPT, max_tokens=5, new_blocks=2, num_inference_steps=2)
+    text = "".join(chunk for (chunk,) in run)
+    assert text == PROMPT and run.stop_reasons == ["length"]

@@ -172,3 +172,15 @@ def test_a_clipping_scheduler_is_refused(make_pipeline):
     pipe.scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
     with pytest.raises(ValueError, match="clip_sample=False"):
         pipe(num_inference_steps=2)
+
+
+def test_step_callback_sees_and_can_replace_the_latents(make_pipeline):
+    pipe = make_pipeline()
+    calls = []
+
+    def callback(pipe_, i, t, values):
+        calls.append(i)
+        return {"latents": torch.zeros_like(values["latents"])}
+
+    out = pipe(batch_size=2, num_inference_steps=3, callback_on_step_end=callback, generator=_seeded())
+    assert calls == [0, 1, 2] and torch.isfinite(out.latents).all()
