@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ldlm.corpus import read_corpus
+from ldlm.eval_suite import sample_texts
 from ldlm.generate import load_pipeline
 from ldlm.metrics import GenerativePerplexity, distinct_n
 
@@ -47,11 +48,8 @@ def main() -> None:
     rows = {"E2E test (reference)": describe(reference, ppl)}
     samples = {}
     for steps in args.steps:
-        generator = torch.Generator().manual_seed(args.seed)
-        start, texts = time.perf_counter(), []
-        for first in range(0, args.samples, args.batch_size):
-            count = min(args.batch_size, args.samples - first)
-            texts += pipe(batch_size=count, num_inference_steps=steps, generator=generator).texts
+        start = time.perf_counter()
+        texts = sample_texts(pipe, args.samples, steps, args.seed, args.batch_size)
         seconds = time.perf_counter() - start
         rows[f"ldlm, {steps} steps"] = {**describe(texts, ppl), "seconds": seconds}
         samples[steps] = texts

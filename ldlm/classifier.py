@@ -2,7 +2,6 @@
 labels of a whole window (multilabel) or a coarse POS tag for every token position (tagging)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -192,6 +191,4 @@ def train_classifier(cfg: ClassifierExperiment) -> Path:
     if trainer.is_global_zero:
         with atomic_dir(out / "classifier") as tmp:
             classifier.cpu().save_pretrained(tmp)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        (out / "metrics.json").write_text(json.dumps({"global_step": trainer.global_step, **metrics}, indent=2))
     return out / "classifier"

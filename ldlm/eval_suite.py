@@ -153,18 +153,23 @@ def read_samples(path: str) -> list[str]:
     return texts
 
 
-def generate_samples(model: str | None, num_samples: int, steps: int, seed: int, device: str = "cpu") -> list[str]:
-    """Unconditional samples of a pipeline (default: the shipped one), in batches of 100 from one seeded generator."""
-    pipe = load_pipeline(model).to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+def sample_texts(pipe, num_samples: int, steps: int, seed: int, batch_size: int = GENERATION_BATCH) -> list[str]:
+    """Unconditional samples of a loaded pipeline, in batches from one seeded generator (fixed batches: a seed gives
+    the same samples in ``ldlm eval`` and ``benchmarks/generation_report.py``)."""
+    generator = torch.Generator(device=pipe._execution_device).manual_seed(seed)
     texts = []
+    for first in range(0, num_samples, batch_size):
+        texts += pipe(batch_size=min(batch_size, num_samples - first), num_inference_steps=steps,
+                      generator=generator).texts
+    return texts
+
+
+def generate_samples(model: str | None, num_samples: int, steps: int, seed: int, device: str = "cpu") -> list[str]:
+    """Unconditional samples of a pipeline (default: the shipped one); see :func:`sample_texts`."""
     try:
-        for first in range(0, num_samples, GENERATION_BATCH):
-            count = min(GENERATION_BATCH, num_samples - first)
-            texts += pipe(batch_size=count, num_inference_steps=steps, generator=generator).texts
+        return sample_texts(load_pipeline(model).to(device), num_samples, steps, seed)
     except ValueError as err:
         raise LdlmError(str(err).splitlines()[0]) from None
-    return texts
 
 
 COLUMNS = {"gen_ppl": "gen-PPL", "mauve": "MAUVE", "diversity": "Div", "distinct_2": "distinct-2",

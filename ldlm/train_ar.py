@@ -160,6 +160,4 @@ def train_ar(cfg: ARExperiment) -> Path | None:
         tokenizer.save_pretrained(tmp)
     with atomic_dir(out / "model") as tmp:
         model.cpu().save_pretrained(tmp)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    (out / "metrics.json").write_text(json.dumps({"global_step": trainer.global_step, **metrics}, indent=2))
     return out

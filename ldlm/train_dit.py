@@ -231,7 +231,5 @@ def train_dit(cfg: DiTExperiment, callbacks: list[L.Callback] = ()) -> Path | No
         pipeline = LatentDiffusionLMPipeline(vae.cpu(), export, scheduler, tokenizer)
         with atomic_dir(out / "pipeline") as tmp:
             pipeline.save_pretrained(tmp)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        (out / "metrics.json").write_text(json.dumps({"global_step": trainer.global_step, **metrics}, indent=2))
         return out / "pipeline"
     return None

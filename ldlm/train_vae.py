@@ -1,7 +1,6 @@
 """Stage 1 training: the TextVAE with reconstruction + β·KL + λ·alignment, as a LightningModule."""
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
@@ -155,7 +154,6 @@ def train_vae(cfg: VAEExperiment) -> Path:
                            teacher.hidden_size if aligned else None)
     del teacher
     trainer = fit(module, data, cfg.train, out)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
         vae = module.vae.cpu()
         measure_latent_stats(vae, data.train_set)
@@ -163,5 +161,4 @@ def train_vae(cfg: VAEExperiment) -> Path:
             vae.save_pretrained(tmp)
         with atomic_dir(out / "tokenizer") as tmp:
             tokenizer.save_pretrained(tmp)
-        (out / "metrics.json").write_text(json.dumps({"global_step": trainer.global_step, **metrics}, indent=2))
     return out / "vae"

@@ -2,6 +2,7 @@
 checkpoints in ``output_dir/checkpoints``, and automatic resume from ``last.safetensors``."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +27,7 @@ def make_loggers(out: Path) -> list:
 def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig, out: Path,
         callbacks: list[L.Callback] = (), strategy=None) -> L.Trainer:
     """Train ``module`` on ``data`` as ``cfg`` says (resuming from the last checkpoint when ``cfg.resume``), write a
-    checkpoint of the final step, and return the trainer."""
+    checkpoint of the final step and ``metrics.json`` (first process), and return the trainer."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     ckpt_dir = out / "checkpoints"
@@ -43,4 +44,7 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
     last = ckpt_dir / "last.safetensors"
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
     trainer.save_checkpoint(last)  # the final step too (a time limit stops between periodic checkpoints)
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        (out / "metrics.json").write_text(json.dumps({"global_step": trainer.global_step, **metrics}, indent=2))
     return trainer
