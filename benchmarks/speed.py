@@ -7,8 +7,8 @@ a profile of where ldlm's time goes (DiT, VAE decoder, vocabulary projection).
 
 Both systems produce token ids and nothing else (no detokenization) for exactly ``tokens`` positions per row.
 ldlm: an output that fits one window is one pipeline call (``pipe(batch_size=B, num_blocks=tokens / L)``) plus the
-VAE decode; a longer one runs LongGeneration's own group steps (``_group``: ``new_blocks`` new blocks denoised
-after the clean context of the blocks before them, ``_ids``: the VAE decode) for ⌈tokens / (new_blocks·L)⌉ groups.
+VAE decode; a longer one runs ``LongGeneration.fixed_ids``: its own group steps (``new_blocks`` new blocks denoised
+after the clean context of the blocks before them, then the VAE decode) for ⌈tokens / (new_blocks·L)⌉ groups.
 Iterating LongGeneration itself would not give a fixed amount of work: with ``stop_at_eos=False`` it drops EOS
 tokens before counting towards ``max_tokens`` and ends a document at a group of nothing but EOS. AR: ``generate``
 with the KV cache, sampling ``tokens`` new tokens per row (``stop_at_eos=False``).
@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ldlm.ar_model import CausalLM, load_ar
+from ldlm.ar_model import CausalLM, load_baseline
 from ldlm.generate import load_pipeline
 from ldlm.longgen import LongGeneration
 from ldlm.pipeline import LatentDiffusionLMPipeline
@@ -68,31 +68,12 @@ def ldlm_ids(pipe: LatentDiffusionLMPipeline, batch: int, tokens: int, steps: in
         ids = vae.decode_ids(latents.reshape(-1, cfg.latents_per_block, cfg.latent_channels).to(vae.dtype))
         return ids.reshape(batch, tokens)
     run = LongGeneration(pipe, None, max_tokens=tokens, num_documents=batch, new_blocks=new_blocks,
-                         num_inference_steps=steps, generator=generator, stop_at_eos=False, max_repeat=1.0, retries=0)
-    keep = (run.window - run.new_blocks) * cfg.latents_per_block
-    context = torch.zeros(batch, 0, cfg.latent_channels, device=pipe._execution_device)
-    rows: list[list[int]] = [[] for _ in range(batch)]
-    for _ in range(-(-blocks // run.new_blocks)):  # whole groups, the last one cut as LongGeneration cuts it
-        latents = run._group(context, None)
-        for row, ids in zip(rows, run._ids(latents)):
-            row.extend(ids)
-        context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
-    return torch.tensor(rows)[:, :tokens]
+                         num_inference_steps=steps, generator=generator)
+    return run.fixed_ids(tokens)
 
 
 def ar_ids(model: CausalLM, batch: int, tokens: int, generator: torch.Generator) -> torch.Tensor:
     return model.generate(batch_size=batch, max_new_tokens=tokens, stop_at_eos=False, generator=generator)
-
-
-def load_baseline(path: str | None, pipe: LatentDiffusionLMPipeline, device: torch.device) -> tuple[CausalLM, str]:
-    """The trained baseline at ``path``, or an untrained CausalLM.small() over the VAE's token table."""
-    if path is not None:
-        return load_ar(path)[0].to(device), f"trained CausalLM from {path}"
-    vae = pipe.vae.config
-    model = CausalLM.small(vocab_size=vae.vocab_size, d_embed=vae.d_embed, eos_token_id=vae.eos_token_id)
-    model.set_token_table(pipe.vae.token_table.float().cpu())
-    note = "untrained CausalLM.small() (same size and token table; timing does not depend on the weights)"
-    return model.eval().to(device), note
 
 
 @contextmanager
@@ -196,7 +177,8 @@ def main() -> None:
     batches = sorted(set(args.batch_sizes) | {HEADLINE["batch"]})
 
     pipe = load_pipeline(args.model).to(device)
-    model, ar_note = load_baseline(args.ar, pipe, device)
+    model, ar_note = load_baseline(args.ar, pipe.vae)
+    model = model.to(device)
     window = pipe.transformer.config.max_blocks * pipe.vae.config.block_length
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"{torch.get_num_threads()} threads; ldlm window {window} tokens; AR baseline: {ar_note}", flush=True)

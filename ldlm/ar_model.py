@@ -247,6 +247,17 @@ def load_ar(path: str | Path) -> tuple[CausalLM, object]:
     return model.float().eval(), tokenizer
 
 
+def load_baseline(path: str | Path | None, vae) -> tuple[CausalLM, str]:
+    """The trained baseline at ``path``, or (``None``) an untrained ``CausalLM.small()`` over ``vae``'s token table —
+    the same size, for timing and memory, which do not depend on the weights; and a note saying which."""
+    if path is not None:
+        return load_ar(path)[0], f"trained CausalLM from {path}"
+    cfg = vae.config
+    model = CausalLM.small(vocab_size=cfg.vocab_size, d_embed=cfg.d_embed, eos_token_id=cfg.eos_token_id)
+    model.set_token_table(vae.token_table.float().cpu())
+    return model.eval(), "untrained CausalLM.small() (same size and token table; timing does not depend on the weights)"
+
+
 def generate_texts(model: CausalLM, tokenizer, prompts: list[str] | None = None, num_samples: int = 1,
                    **generate_kwargs) -> list[str]:
     """``num_samples`` texts per prompt (or unconditional), each the prompt followed by its continuation up to the

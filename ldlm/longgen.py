@@ -99,6 +99,21 @@ class LongGeneration:
         blocks = vae.unstandardize(latents).reshape(-1, cfg.latents_per_block, cfg.latent_channels)
         return vae.decode_ids(blocks.to(vae.dtype)).reshape(len(latents), -1).tolist()
 
+    @torch.no_grad()
+    def fixed_ids(self, tokens: int) -> torch.Tensor:
+        """Token ids (D, ``tokens``) of unconditional documents, group after group with the same bounded context, but
+        without EOS, anti-loop or text handling: a fixed amount of work, for speed and memory benchmarks."""
+        cfg = self.pipe.vae.config
+        keep = (self.window - self.new_blocks) * cfg.latents_per_block
+        context = torch.zeros(self.num_documents, 0, cfg.latent_channels, device=self.pipe._execution_device)
+        rows: list[list[int]] = [[] for _ in range(self.num_documents)]
+        for _ in range(-(-tokens // (self.new_blocks * cfg.block_length))):
+            latents = self._group(context, None)
+            for row, ids in zip(rows, self._ids(latents)):
+                row.extend(ids)
+            context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
+        return torch.tensor(rows)[:, :tokens]
+
     def __iter__(self) -> Iterator[list[str]]:
         pipe, cfg = self.pipe, self.pipe.vae.config
         k, length, eos = cfg.latents_per_block, cfg.block_length, cfg.eos_token_id

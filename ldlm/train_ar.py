@@ -83,10 +83,12 @@ class ARModule(L.LightningModule):
         self.val_loss = MeanMetric()
 
     def _common_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean loss over the batch's predicted tokens, and their count."""
-        targets = batch["targets"]
+        """Mean loss over the batch's predicted tokens, and their count. Trailing padding is cut to the longest
+        document first (causal attention: the kept positions are unchanged)."""
+        width = int((batch["targets"] != IGNORE).sum(1).max())
+        targets = batch["targets"][:, :width]
         keep = targets != IGNORE
-        logits = self.model.logits(self.model.hidden_states(batch["input_ids"])[keep])
+        logits = self.model.logits(self.model.hidden_states(batch["input_ids"][:, :width])[keep])
         return F.cross_entropy(logits.float(), targets[keep]), keep.sum()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

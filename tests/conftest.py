@@ -91,3 +91,19 @@ def make_pipeline(vae_dir):
         return pipe
 
     return build
+
+
+@pytest.fixture
+def load_benchmark():
+    """Imports a script of ``benchmarks/`` by name: ``load_benchmark("speed")``."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -109,6 +109,18 @@ def _val_loss(model: CausalLM, cfg, tokenizer) -> float:
     return float(sum(loss * count for loss, count in losses) / sum(count for _, count in losses))
 
 
+@torch.no_grad()
+def test_loss_is_the_same_with_trailing_padding_cut():
+    model = _model()
+    windows = TokenWindows([[5, 6, 7], [8, 9, 10, 11, 12], [13]], EOS, max_tokens=12)
+    batch = {k: torch.stack([windows[i][k] for i in range(3)]) for k in ("input_ids", "targets")}
+    loss, count = ARModule(model, {"train": {}})._common_step(batch)
+    keep = batch["targets"] != -100
+    full = torch.nn.functional.cross_entropy(model.logits(model.hidden_states(batch["input_ids"])[keep]),
+                                             batch["targets"][keep])
+    assert count == 3 + 5 + 1 and torch.allclose(loss, full, atol=1e-6)
+
+
 def test_short_training_lowers_the_loss_and_exports_a_loadable_model(vae_dir, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(ARExperiment, None, _overrides(vae_dir, out))

@@ -1,21 +1,9 @@
 """The speed and efficiency benchmarks measure what they claim: ldlm's timed path does LongGeneration's work, the
 profile's parts add up, and the counted DiT FLOPs match the analytic count."""
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from ldlm.dit.model import LatentDiT
 from ldlm.longgen import LongGeneration
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _recording(pipe) -> list[torch.Tensor]:
@@ -29,8 +17,8 @@ def _recording(pipe) -> list[torch.Tensor]:
     return outputs
 
 
-def test_timed_ldlm_path_runs_longgeneration_groups_for_exactly_the_requested_tokens(make_pipeline):
-    speed = _load("speed")
+def test_timed_ldlm_path_runs_longgeneration_groups_for_exactly_the_requested_tokens(make_pipeline, load_benchmark):
+    speed = load_benchmark("speed")
     pipe = make_pipeline()
     length, window = pipe.vae.config.block_length, pipe.transformer.config.max_blocks
     ours = _recording(pipe)
@@ -44,8 +32,8 @@ def test_timed_ldlm_path_runs_longgeneration_groups_for_exactly_the_requested_to
     assert speed.ldlm_ids(pipe, 3, window * length, 2, None, torch.Generator()).shape == (3, window * length)
 
 
-def test_profile_parts_add_up_and_the_timers_are_removed(make_pipeline):
-    speed = _load("speed")
+def test_profile_parts_add_up_and_the_timers_are_removed(make_pipeline, load_benchmark):
+    speed = load_benchmark("speed")
     pipe = make_pipeline()
     result = speed.profile(pipe, None, torch.device("cpu"), 0)
     assert abs(sum(result["parts"].values()) - result["seconds"]) < 1e-6
@@ -53,8 +41,8 @@ def test_profile_parts_add_up_and_the_timers_are_removed(make_pipeline):
     assert "logits" not in vars(pipe.vae) and "forward" not in vars(pipe.transformer)
 
 
-def test_counted_dit_flops_match_the_analytic_count():
-    efficiency = _load("efficiency")
+def test_counted_dit_flops_match_the_analytic_count(load_benchmark):
+    efficiency = load_benchmark("efficiency")
     dit = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=3).eval()
     inputs = efficiency.dit_inputs(dit, 3, 6, torch.device("cpu"))
     with torch.no_grad():
