@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from bench_common import setup, sync
 from ldlm.dit.model import LatentDiT
 from ldlm.generate import load_pipeline
 
@@ -54,13 +55,11 @@ def analytic_flops(cfg, batch: int, n: int) -> int:
 def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: int, min_time: float) -> float:
     """Median over ``repeats`` of the mean time per call in a run of calls lasting about ``min_time``."""
     def run(calls: int) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(calls):
             fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         return (time.perf_counter() - start) / calls
 
     calls = max(1, math.ceil(min_time / run(1)))  # the first call warms up and sizes the runs
@@ -91,12 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.min_time = 1, 0.2
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"device {args.device} requested but CUDA is not available")
-    torch.set_grad_enabled(False)
+    device = setup(args.device, args.threads)
 
     dit = load_pipeline(args.model).transformer.float().eval().to(device)
     cfg = dit.config

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from bench_common import setup
 from ldlm.ar_model import CausalLM, load_ar
 from ldlm.generate import SHIPPED, load_pipeline
 from ldlm.longgen import LongGeneration
@@ -54,9 +55,7 @@ def used_mb(device: torch.device, peak: bool) -> float:
 
 def child(args: argparse.Namespace, tokens: int) -> dict:
     """One measurement: load ``args.system``, generate one document of ``tokens`` tokens, report its memory."""
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
+    device = setup(args.device, args.threads)
     generator = torch.Generator(device).manual_seed(args.seed)
     if args.system == "ldlm":
         pipe = load_pipeline(args.model).to(device)
@@ -95,8 +94,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "memory"))
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # set in the measuring child process
     args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"device {args.device} requested but CUDA is not available")
+    setup(args.device)
     if args.system is not None:
         print(json.dumps(child(args, args.tokens[0])))
         return

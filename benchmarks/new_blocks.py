@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
 
+from bench_common import median_seconds, setup
 from ldlm.eval_suite import evaluate_systems, format_table
 from ldlm.generate import load_pipeline
 from ldlm.longgen import LongGeneration
@@ -37,19 +36,11 @@ def documents(pipe, new_blocks: int, args: argparse.Namespace) -> list[str]:
 
 def tokens_per_s(pipe, new_blocks: int, args: argparse.Namespace) -> float:
     def call() -> None:
-        run = LongGeneration(pipe, None, args.tokens, new_blocks=new_blocks, num_inference_steps=args.steps,
-                             generator=torch.Generator(args.device).manual_seed(args.seed))
-        run.fixed_ids(args.tokens)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        LongGeneration(pipe, None, args.tokens, new_blocks=new_blocks, num_inference_steps=args.steps,
+                       generator=torch.Generator(args.device).manual_seed(args.seed)).fixed_ids(args.tokens)
 
     call()  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return args.tokens / statistics.median(times)
+    return args.tokens / median_seconds(call, args.repeats, torch.device(args.device))
 
 
 def main() -> None:
@@ -69,11 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.samples, args.repeats = 8, 1
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"device {args.device} requested but CUDA is not available")
-    torch.set_grad_enabled(False)
+    setup(args.device, args.threads)
     hf_logging.disable_progress_bar()
 
     pipe = load_pipeline(args.model).to(args.device)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
+from bench_common import setup
 from ldlm.ar_model import generate_texts, load_ar
 from ldlm.corpus import read_corpus
 from ldlm.eval_suite import REFERENCES, evaluate_systems, format_table, sample_texts
@@ -47,9 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.samples, args.steps = 24, [5, 10]
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"device {args.device} requested but CUDA is not available")
-    torch.set_grad_enabled(False)
+    setup(args.device)
     hf_logging.disable_progress_bar()
 
     pipe = load_pipeline(args.model).to(args.device)

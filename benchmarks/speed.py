@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from bench_common import median_seconds, setup, sync
 from ldlm.ar_model import CausalLM, load_baseline
 from ldlm.generate import load_pipeline
 from ldlm.longgen import LongGeneration
@@ -34,25 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = dict(batch=1, tokens=256, steps=10)  # the configuration of the speedup line
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float | None]:
     """Median wall time of ``repeats`` calls of ``fn`` (the caller warms up), and on CUDA their peak allocated
     memory in MiB."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return statistics.median(times), peak
+    seconds = median_seconds(fn, repeats, device)
+    return seconds, torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def ldlm_ids(pipe: LatentDiffusionLMPipeline, batch: int, tokens: int, steps: int, new_blocks: int | None,
@@ -165,12 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.tokens, args.batch_sizes, args.repeats = [10], [256], [1, 16], 1
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"device {args.device} requested but CUDA is not available")
-    torch.set_grad_enabled(False)
+    device = setup(args.device, args.threads)
     # the speedup line's configuration is always measured
     steps = sorted(set(args.steps) | {HEADLINE["steps"]})
     lengths = sorted(set(args.tokens) | {HEADLINE["tokens"]})

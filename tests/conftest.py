@@ -94,13 +94,17 @@ def make_pipeline(vae_dir):
 
 
 @pytest.fixture
-def load_benchmark():
-    """Imports a script of ``benchmarks/`` by name: ``load_benchmark("speed")``."""
+def load_benchmark(monkeypatch):
+    """Imports a script of ``benchmarks/`` by name: ``load_benchmark("speed")`` (with ``benchmarks/`` on the path,
+    as when it runs, for ``bench_common``)."""
     import importlib.util
     from pathlib import Path
 
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+
     def load(name: str):
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        path = folder / f"{name}.py"
         spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
