@@ -21,7 +21,7 @@ from ldlm.generate import load_pipeline
 from ldlm.guidance import (ClassifierControl, Control, GradientGuidance, KeywordControl, LengthControl,
                            TaggingControl)
 from ldlm.metrics import GenerativePerplexity
-from ldlm.postags import LexiconTagger
+from ldlm.postags import LexiconTagger, word_spans
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -29,12 +29,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 GUIDANCE = Path(__file__).resolve().parent.parent / "checkpoints" / "e2e-guidance"
 CONTENT_FIELDS = ("food", "area", "eatType", "priceRange", "customer rating")
 KEYWORD_FIELDS = ("name", "near")
-WORD = re.compile(r"\w+(?:[-'.,/]\w+)*|[^\w\s]+")
 
 
 def pos_control(text: str, tokenizer, tagger: LexiconTagger, model) -> TaggingControl:
     """Target: the lexicon tags of a reference's words, spread over its subword tokens."""
-    spans = [(m.start(), m.end()) for m in WORD.finditer(text)]
+    spans = word_spans(text)
     word_tags = tagger.tag([text[a:b] for a, b in spans])
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     tags = [next((tag for (a, b), tag in zip(spans, word_tags) if a <= start < b or start < a < end), None)

@@ -15,14 +15,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-def document(model: str | None, prompt: str, max_tokens: int, steps: int, max_repeat: float) -> dict:
+def document(pipe, prompt: str, max_tokens: int, steps: int, max_repeat: float) -> dict:
     import torch
 
-    from ldlm.generate import load_pipeline
     from ldlm.longgen import LongGeneration
     from ldlm.metrics import repetition_rate
 
-    pipe = load_pipeline(model)
     run = LongGeneration(pipe, prompt, max_tokens, num_inference_steps=steps, max_repeat=max_repeat,
                          stop_at_eos=False, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
@@ -44,7 +42,10 @@ def main() -> None:
     parser.add_argument("--out", default="docs/img/longgen")
     args = parser.parse_args()
 
-    docs = [document(args.model, args.prompt, args.tokens, args.steps, max_repeat) for max_repeat in (0.5, 1.0)]
+    from ldlm.generate import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    docs = [document(pipe, args.prompt, args.tokens, args.steps, max_repeat) for max_repeat in (0.5, 1.0)]
     for d in docs:
         label = "anti-loop on " if d["max_repeat"] < 1 else "anti-loop off"
         print(f"{label}: {d['tokens']} tokens in {d['seconds']:.0f} s ({d['tokens'] / d['seconds']:.0f} tok/s), "

@@ -168,9 +168,10 @@ def build_classifier(cfg: ClassifierExperiment, vae_config, labels: list[str]) -
                             num_heads=m.num_heads, dropout=m.dropout)
 
 
-def train_classifier(cfg: ClassifierExperiment) -> Path:
+def train_classifier(cfg: ClassifierExperiment) -> Path | None:
     """Train a latent classifier from a validated config on the latents of ``cfg.vae``; export it (diffusers
-    layout, safetensors) to ``output_dir/classifier`` and return that path."""
+    layout, safetensors) to ``output_dir/classifier`` and return that path (None on processes other than the
+    first)."""
     if cfg.task not in TASKS:
         raise LdlmError(f"task must be one of {', '.join(TASKS)}, got '{cfg.task}'")
     if not 0 <= cfg.data.noise_prob <= 1 or cfg.data.noise_std < 0:
@@ -188,7 +189,8 @@ def train_classifier(cfg: ClassifierExperiment) -> Path:
     OmegaConf.save(cfg, out / "config.yaml")
     module = ClassifierModule(classifier, OmegaConf.to_container(cfg))
     trainer = fit(module, data, cfg.train, out)
-    if trainer.is_global_zero:
-        with atomic_dir(out / "classifier") as tmp:
-            classifier.cpu().save_pretrained(tmp)
+    if not trainer.is_global_zero:
+        return None
+    with atomic_dir(out / "classifier") as tmp:
+        classifier.cpu().save_pretrained(tmp)
     return out / "classifier"

@@ -40,7 +40,9 @@ def _train_classifier(args: argparse.Namespace) -> None:
     from ldlm.classifier_config import ClassifierExperiment
     from ldlm.config import load_config
 
-    print(f"classifier exported to {train_classifier(load_config(ClassifierExperiment, args.config, args.overrides))}")
+    path = train_classifier(load_config(ClassifierExperiment, args.config, args.overrides))
+    if path is not None:
+        print(f"classifier exported to {path}")
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ldlm.postags import split_words
+
 
 class TokenScores:
     """Decoder log-probabilities of chosen tokens at every token position (B, N/K·L) for standardized latents,
@@ -26,6 +28,8 @@ class TokenScores:
         self.duplicate = (top[..., None] == extra).any(-1)  # a required token already among the top-k
         self.candidates = torch.cat([top, extra.expand(*top.shape[:-1], -1)], dim=-1)
         self.width = top_k
+        self.table = self.vae.token_table[self.candidates].float()  # (B, P, M, d), fixed with the candidates
+        self.sq_norms = self.table.pow(2).sum(-1)
 
     def _states(self, x0: torch.Tensor) -> torch.Tensor:
         cfg = self.vae.config
@@ -34,8 +38,7 @@ class TokenScores:
 
     def __call__(self, x0: torch.Tensor) -> dict[int, torch.Tensor]:
         """Log-probability (B, P) of each required token id at every position."""
-        table = self.vae.token_table[self.candidates].float()  # (B, P, M, d)
-        logits = 2 * torch.einsum("bpd,bpmd->bpm", self._states(x0), table) - table.pow(2).sum(-1)
+        logits = 2 * torch.einsum("bpd,bpmd->bpm", self._states(x0), self.table) - self.sq_norms
         logits[..., : self.width] = logits[..., : self.width].masked_fill(self.duplicate, float("-inf"))
         logp = F.log_softmax(logits, dim=-1)[..., self.width :]
         return {token: logp[..., j] for j, token in enumerate(self.ids)}
@@ -47,12 +50,13 @@ class Control(ABC):
     weight: float = 1.0
 
     def token_ids(self, pipe) -> list[int]:
-        """Token ids whose decoder log-probabilities ``score`` reads from ``tokens``."""
+        """Token ids whose decoder log-probabilities ``score`` reads from ``logp``."""
         return []
 
     @abstractmethod
-    def score(self, pipe, x0: torch.Tensor, tokens: TokenScores) -> torch.Tensor:
-        """(B,) log-score of standardized clean latents (B, N, C); higher is closer to the target."""
+    def score(self, pipe, x0: torch.Tensor, logp: dict[int, torch.Tensor]) -> torch.Tensor:
+        """(B,) log-score of standardized clean latents (B, N, C); higher is closer to the target. ``logp``: the
+        decoder log-probabilities (B, positions) of every control's ``token_ids``, one decode shared by all."""
 
     @abstractmethod
     def success(self, text: str, tokenizer) -> bool:
@@ -73,9 +77,8 @@ class LengthControl(Control):
     def token_ids(self, pipe) -> list[int]:
         return [pipe.vae.config.eos_token_id, pipe.vae.config.pad_token_id]
 
-    def score(self, pipe, x0: torch.Tensor, tokens: TokenScores) -> torch.Tensor:
+    def score(self, pipe, x0: torch.Tensor, logp: dict[int, torch.Tensor]) -> torch.Tensor:
         cfg = pipe.vae.config
-        logp = tokens(x0)
         eos, pad = logp[cfg.eos_token_id], logp[cfg.pad_token_id]
         if self.num_tokens >= eos.shape[1]:
             raise ValueError(f"length target {self.num_tokens} does not fit in {eos.shape[1]} token positions")
@@ -105,8 +108,7 @@ class KeywordControl(Control):
     def token_ids(self, pipe) -> list[int]:
         return [i for ids in self._spellings(pipe) for i in ids]
 
-    def score(self, pipe, x0: torch.Tensor, tokens: TokenScores) -> torch.Tensor:
-        logp = tokens(x0)
+    def score(self, pipe, x0: torch.Tensor, logp: dict[int, torch.Tensor]) -> torch.Tensor:
         positions = next(iter(logp.values())).shape[1]
         matches = []
         for ids in self._spellings(pipe):
@@ -141,7 +143,7 @@ class ClassifierControl(Control):
             match = re.fullmatch(r".*\[(.*)\]", self.label)
             self.phrase = match.group(1) if match else self.label
 
-    def score(self, pipe, x0: torch.Tensor, tokens: TokenScores) -> torch.Tensor:
+    def score(self, pipe, x0: torch.Tensor, logp: dict[int, torch.Tensor]) -> torch.Tensor:
         logits = self.classifier.to(x0.device)(x0.to(self.classifier.dtype)).float()
         return F.logsigmoid(logits[:, self.index])
 
@@ -169,7 +171,7 @@ class TaggingControl(Control):
             raise ValueError(f"tags {unknown} are not among the tagger's labels {labels}")
         self.targets = torch.tensor([-100 if t is None else labels.index(t) for t in self.tags])
 
-    def score(self, pipe, x0: torch.Tensor, tokens: TokenScores) -> torch.Tensor:
+    def score(self, pipe, x0: torch.Tensor, logp: dict[int, torch.Tensor]) -> torch.Tensor:
         logits = self.tagger.to(x0.device)(x0.to(self.tagger.dtype)).float()
         width = min(len(self.targets), logits.shape[1])
         targets = self.targets[:width].to(logits.device).expand(len(logits), -1)
@@ -178,7 +180,7 @@ class TaggingControl(Control):
 
     def accuracy(self, text: str) -> float:
         """Share of target word tags matched, position by position, by the judge's tags of the text's words."""
-        predicted = self.judge.tag(text.split())
+        predicted = self.judge.tag(split_words(text))
         hits = sum(p == t for p, t in zip(predicted, self.word_tags))
         return hits / max(len(self.word_tags), len(predicted), 1)
 
@@ -210,10 +212,13 @@ class GradientGuidance:
         """Weighted sum of the controls' scores (B,)."""
         if tokens is None:
             tokens = self.token_scores(pipe, x0)
-        return sum(c.weight * c.score(pipe, x0, tokens) for c in self.controls)
+        logp = {} if tokens is None else tokens(x0)
+        return sum(c.weight * c.score(pipe, x0, logp) for c in self.controls)
 
-    def token_scores(self, pipe, anchor: torch.Tensor) -> TokenScores:
-        return TokenScores(pipe, anchor, [i for c in self.controls for i in c.token_ids(pipe)], self.top_k)
+    def token_scores(self, pipe, anchor: torch.Tensor) -> TokenScores | None:
+        """Decoder scores of the controls' tokens; None when no control reads tokens (classifiers only)."""
+        ids = [i for c in self.controls for i in c.token_ids(pipe)]
+        return TokenScores(pipe, anchor, ids, self.top_k) if ids else None
 
     def __call__(self, pipe, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if float(t) > self.until * pipe.scheduler.config.num_train_timesteps:

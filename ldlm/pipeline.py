@@ -170,6 +170,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         are written into the clean estimate of their blocks at every step; ``guidance(pipe, x0, t)`` returns an
         improved clean estimate (gradient guidance)."""
         objective = self.objective()
+        held = held if held and any(held) else None  # rows with nothing held are no work
         b, n, c = known.shape
         device = known.device
         flagged = torch.zeros_like(known_mask) if replace else known_mask
@@ -308,7 +309,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             known_mask[0, spans] = True
         held = [{i: ids for i, ids in enumerate(blocks) if ids is not None and len(ids) < cfg.block_length}]
         latents = self._denoise(known.expand(num_samples, -1, -1), known_mask.expand(num_samples, -1),
-                                held * num_samples if held[0] else None, num_inference_steps, guidance_scale,
+                                held * num_samples, num_inference_steps, guidance_scale,
                                 generator, guidance, replace=method == "replace")
         latents = self.vae.unstandardize(latents).float()
         texts = self._infill_texts(latents, blocks) if output_type == "text" else None

@@ -115,6 +115,11 @@ def split_words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character (start, end) of each word of :func:`split_words`."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
 class LexiconTagger:
     """Most frequent coarse tag of each lower-cased word; unknown words are NUM (with a digit), PUNCT (no letter or
     digit) or NOUN."""

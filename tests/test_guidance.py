@@ -6,6 +6,7 @@ from ldlm.classifier import LatentClassifier
 from ldlm.cli import main
 from ldlm.guidance import (ClassifierControl, GradientGuidance, KeywordControl, LengthControl, TaggingControl,
                            TokenScores)
+from ldlm.postags import LexiconTagger, split_words
 
 
 def _final_score(pipe, guidance, score_with: GradientGuidance, seed: int = 0) -> float:
@@ -62,6 +63,15 @@ def test_success_checks_read_the_text(make_pipeline):
     assert LengthControl(3).success("Zizzi serves food", tok) and not LengthControl(4).success("Zizzi serves", tok)
     content = ClassifierControl(_classifier(pipe, "multilabel", ["food[Italian]"]), "food[Italian]")
     assert content.phrase == "Italian" and content.success("an italian place", tok)
+
+
+def test_tag_accuracy_splits_words_as_the_targets_do(make_pipeline):
+    """Punctuation is its own word for the judge too, so "pub." does not shift the tags that follow."""
+    pipe = make_pipeline()
+    judge = LexiconTagger({"a": "DET", "pub": "NOUN", "it": "PRON", "is": "VERB"})
+    text = "A pub. It is"
+    control = TaggingControl(_classifier(pipe, "tagging", ["NOUN"]), [], judge.tag(split_words(text)), judge=judge)
+    assert control.accuracy(text) == 1.0
 
 
 def test_guidance_rejects_bad_targets(make_pipeline):

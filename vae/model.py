@@ -114,11 +114,10 @@ class TextVAE(ModelMixin, ConfigMixin):
         return self.embed_out(self.dec_norm(self.decoder(x)))
 
     def logits(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """Negative squared distances (up to a per-position constant) to every table row, or to ``candidates``."""
-        if candidates is not None:
-            table = self.token_table[candidates]
-            return 2 * states @ table.T - table.pow(2).sum(-1)
-        table = self.token_table  # one fused pass over the (positions, V) output: -|e|² + 2 s·e
+        """Negative squared distances (up to a per-position constant) to every table row, or to ``candidates`` (a
+        1-D index shared by all positions)."""
+        table = self.token_table if candidates is None else self.token_table[candidates]
+        # one fused pass over the (positions, rows) output: -|e|² + 2 s·e
         flat = torch.addmm(table.pow(2).sum(-1).neg(), states.reshape(-1, states.shape[-1]), table.T, alpha=2)
         return flat.reshape(*states.shape[:-1], -1)
 
