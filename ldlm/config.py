@@ -64,6 +64,7 @@ class ModelConfig:
     encoder_layers: int = 3
     decoder_layers: int = 3
     dropout: float = 0.0
+    freeze_encoder: bool = False  # train the decoder only (with ``init``): the latent code and its statistics stay
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TrainConfig:
 
 @dataclass
 class VAEExperiment:
+    init: Optional[str] = None  # an exported VAE (+ tokenizer/) to start from; its shape overrides ``model``
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
@@ -154,6 +156,7 @@ class SampleConfig:
 @dataclass
 class DiTExperiment:
     vae: str = "checkpoints/ldlm-e2e-smollm2"  # exported VAE (training output, pipeline, or VAE folder + tokenizer/)
+    init: Optional[str] = None  # a pipeline folder whose transformer weights start training (same shape)
     data: DiTDataConfig = field(default_factory=DiTDataConfig)
     model: DiTModelConfig = field(default_factory=DiTModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

@@ -160,6 +160,18 @@ def build_transformer(cfg: DiTExperiment, latent_channels: int, latents_per_bloc
                              num_train_timesteps=d.num_train_timesteps, **overrides)
 
 
+def load_transformer_weights(transformer: LatentDiT, pipeline: str) -> None:
+    """Start from the transformer weights of an exported pipeline, which must have the same shape."""
+    folder = Path(pipeline) / "transformer"
+    if not (folder / "config.json").is_file():
+        raise LdlmError(f"init: {pipeline} holds no transformer/ folder")
+    trained = LatentDiT.from_pretrained(folder)
+    diff = sorted(k for k in transformer.config if not k.startswith("_") and trained.config.get(k) != transformer.config[k])
+    if diff:
+        raise LdlmError(f"init: the transformer in {pipeline} differs from the configured one in {', '.join(diff)}")
+    transformer.load_state_dict(trained.state_dict())
+
+
 def _strategy(cfg: DiTExperiment):
     if cfg.train.strategy == "fsdp":
         return FSDP2Strategy(data_parallel_size=cfg.train.devices * cfg.train.num_nodes, tensor_parallel_size=1,
@@ -215,6 +227,8 @@ def train_dit(cfg: DiTExperiment, callbacks: list[L.Callback] = ()) -> Path | No
     OmegaConf.save(cfg, out / "config.yaml")
     vae, tokenizer = load_vae(cfg.vae)
     transformer = build_transformer(cfg, vae.config.latent_channels, vae.config.latents_per_block)
+    if cfg.init is not None:
+        load_transformer_weights(transformer, cfg.init)
     pipeline = LatentDiffusionLMPipeline(vae, transformer, scheduler, tokenizer)
     try:
         pipeline.objective()

@@ -1,6 +1,7 @@
 """Stage 1 training: the TextVAE with reconstruction + β·KL + λ·alignment, as a LightningModule."""
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from ldlm.align.teacher import FrozenTeacher, load_tokenizer
 from ldlm.checkpoint_io import atomic_dir
 from ldlm.config import VAEExperiment
 from ldlm.data import BlockDataModule, latent_mask, pad_id_of
-from ldlm.trainer import fit
 from ldlm.errors import LdlmError
+from ldlm.latents import load_vae
+from ldlm.trainer import fit
 from ldlm.optim import adamw_warmup_cosine
 from ldlm.vae.model import TextVAE
 
@@ -131,6 +133,33 @@ def build_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
     return vae
 
 
+def start_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
+    """A new VAE, or the one ``cfg.init`` names (its encoder frozen when ``model.freeze_encoder``)."""
+    if cfg.init is None:
+        return build_vae(cfg, tokenizer, teacher)
+    vae, _ = load_vae(cfg.init)
+    vae.train().requires_grad_(True)
+    if cfg.model.freeze_encoder:
+        vae.freeze_encoder()
+    return vae
+
+
+def check_init(cfg: VAEExperiment) -> None:
+    """The VAE in ``cfg.init`` must fit the configured blocks and latents (checked before any heavy work)."""
+    if cfg.init is None:
+        if cfg.model.freeze_encoder:
+            raise LdlmError("model.freeze_encoder needs init: a trained VAE whose encoder to keep")
+        return
+    folder = Path(cfg.init) / "vae" if (Path(cfg.init) / "vae").is_dir() else Path(cfg.init)
+    if not (folder / "config.json").is_file():
+        raise LdlmError(f"init: {cfg.init} holds no exported VAE")
+    saved = json.loads((folder / "config.json").read_text())
+    for key, value in (("block_length", cfg.data.block_length), ("latents_per_block", cfg.model.latents_per_block),
+                       ("latent_channels", cfg.model.latent_channels)):
+        if saved.get(key) != value:
+            raise LdlmError(f"init: the VAE in {cfg.init} has {key}={saved.get(key)}, the config {value}")
+
+
 def train_vae(cfg: VAEExperiment) -> Path:
     """Train a TextVAE from a validated config; export it to ``output_dir/vae`` (diffusers layout)."""
     L.seed_everything(cfg.train.seed, workers=True)
@@ -138,6 +167,7 @@ def train_vae(cfg: VAEExperiment) -> Path:
         raise LdlmError("data.block_length must be a multiple of model.latents_per_block")
     if cfg.align.loss not in ("repa", "vavae"):
         raise LdlmError(f"align.loss must be 'repa' or 'vavae', got '{cfg.align.loss}'")
+    check_init(cfg)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "config.yaml")
@@ -149,14 +179,15 @@ def train_vae(cfg: VAEExperiment) -> Path:
                            teacher if aligned else None, cfg.teacher)
     data.setup()
     data.teacher = None  # features are cached; free the teacher's layers
-    vae = build_vae(cfg, tokenizer, teacher)
+    vae = start_vae(cfg, tokenizer, teacher)
     module = TextVAEModule(vae, OmegaConf.to_container(cfg), data.seen_tokens(),
                            teacher.hidden_size if aligned else None)
     del teacher
     trainer = fit(module, data, cfg.train, out)
     if trainer.is_global_zero:
         vae = module.vae.cpu()
-        measure_latent_stats(vae, data.train_set)
+        if not cfg.model.freeze_encoder:  # a frozen encoder keeps the code, and so its statistics
+            measure_latent_stats(vae, data.train_set)
         with atomic_dir(out / "vae") as tmp:
             vae.save_pretrained(tmp)
         with atomic_dir(out / "tokenizer") as tmp:

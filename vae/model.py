@@ -26,6 +26,9 @@ def _stack(d_model: int, heads: int, layers: int, dropout: float) -> nn.Transfor
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+ENCODER_PARTS = ("embed_in", "pad_embedding", "mask_embedding", "enc_pos", "encoder", "enc_norm", "to_moments")
+
+
 class TextVAE(ModelMixin, ConfigMixin):
     """Token block (B, L) → diagonal Gaussian over latents (B, K, C) → token logits (B, L, V).
 
@@ -70,6 +73,12 @@ class TextVAE(ModelMixin, ConfigMixin):
         self.decoder = _stack(d_model, heads, decoder_layers, dropout)
         self.dec_norm = nn.LayerNorm(d_model)
         self.embed_out = nn.Linear(d_model, d_embed)
+
+    def freeze_encoder(self) -> None:
+        """Stop gradients to every encoder weight, so training moves the decoder only and the latent code stays."""
+        for name, param in self.named_parameters():
+            if name.split(".")[0] in ENCODER_PARTS:
+                param.requires_grad_(False)
 
     def set_token_table(self, teacher_embeddings: torch.Tensor) -> None:
         """Fill the fixed token table from the teacher's input embedding matrix (V, H)."""
