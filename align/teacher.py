@@ -128,3 +128,8 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except OSError as err:
         raise LdlmError(f"cannot load the tokenizer of '{name_or_path}': {str(err).splitlines()[0]}") from None
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id that pads a tokenizer's blocks: its pad token, else EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -11,7 +11,7 @@ import csv
 import json
 from pathlib import Path
 
-from ldlm.metrics import GenerativePerplexity
+from ldlm.evaluation.metrics import GenerativePerplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 

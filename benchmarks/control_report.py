@@ -15,13 +15,13 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from ldlm.classifier import load_classifier
-from ldlm.classifier_data import parse_mr
-from ldlm.generate import load_pipeline
-from ldlm.guidance import (ClassifierControl, Control, GradientGuidance, KeywordControl, LengthControl,
-                           TaggingControl)
-from ldlm.metrics import GenerativePerplexity
-from ldlm.postags import LexiconTagger, word_spans
+from ldlm.data.label_windows import parse_mr
+from ldlm.data.postags import LexiconTagger
+from ldlm.evaluation.metrics import GenerativePerplexity
+from ldlm.pipelines.guidance import (ClassifierControl, Control, GradientGuidance, KeywordControl, LengthControl,
+                                     TaggingControl)
+from ldlm.pipelines.loading import load_classifier, load_pipeline
+from ldlm.pipelines.text import word_spans
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

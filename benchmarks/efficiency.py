@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from bench_common import setup, sync
 from ldlm.dit.model import LatentDiT
-from ldlm.generate import load_pipeline
+from ldlm.pipelines.loading import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

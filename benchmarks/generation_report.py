@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ldlm.corpus import read_corpus
-from ldlm.eval_suite import sample_texts
-from ldlm.generate import load_pipeline
-from ldlm.metrics import GenerativePerplexity, distinct_n
+from ldlm.data.corpus import read_corpus
+from ldlm.evaluation.metrics import GenerativePerplexity, distinct_n
+from ldlm.evaluation.suite import sample_texts
+from ldlm.pipelines.loading import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "data"

@@ -17,10 +17,10 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from ldlm.corpus import read_corpus
-from ldlm.data import split_documents
-from ldlm.generate import load_pipeline
-from ldlm.metrics import GenerativePerplexity
+from ldlm.data.corpus import read_corpus
+from ldlm.data.token_blocks import split_documents
+from ldlm.evaluation.metrics import GenerativePerplexity
+from ldlm.pipelines.loading import load_pipeline
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -87,8 +87,9 @@ def main() -> None:
         for j, (first, truth, last) in enumerate(cases):
             segments = [first, None] if method == "prefix only" else [first, None, last]
             out = pipe.infill(segments, gap_blocks=gap if method != "prefix only" else window - args.fixed_blocks,
-                              method="replace" if method == "replace" else "condition", num_samples=args.samples,
-                              num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed + j))
+                              method="replace" if method == "replace" else "condition",
+                              num_samples_per_prompt=args.samples, num_inference_steps=args.steps,
+                              generator=torch.Generator().manual_seed(args.seed + j))
             for text in out.texts:
                 found = middle(text, first, None if method == "prefix only" else last)
                 found = " ".join(found.split()[: len(truth.split())])  # the same span length as the truth
@@ -101,7 +102,7 @@ def main() -> None:
               f"{results[method]['gen_ppl']:.0f}  ({results[method]['seconds']:.0f} s)", flush=True)
     shipped = load_pipeline()
     e2e = {" / ".join(s or "_" for s in segments): shipped.infill(
-        segments, num_samples=2, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0)).texts
+        segments, num_samples_per_prompt=2, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0)).texts
         for segments in E2E_EXAMPLES}
     for key, outs in e2e.items():
         print(key, "→", outs)

@@ -15,11 +15,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+
 def document(pipe, prompt: str, max_tokens: int, steps: int, max_repeat: float) -> dict:
     import torch
 
-    from ldlm.longgen import LongGeneration
-    from ldlm.metrics import repetition_rate
+    from ldlm.evaluation.metrics import repetition_rate
+    from ldlm.pipelines.long_generation import LongGeneration
 
     run = LongGeneration(pipe, prompt, max_tokens, num_inference_steps=steps, max_repeat=max_repeat,
                          stop_at_eos=False, generator=torch.Generator().manual_seed(0))
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/img/longgen")
     args = parser.parse_args()
 
-    from ldlm.generate import load_pipeline
+    from ldlm.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(args.model)
     docs = [document(pipe, args.prompt, args.tokens, args.steps, max_repeat) for max_repeat in (0.5, 1.0)]

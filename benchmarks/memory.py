@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from bench_common import setup
-from ldlm.ar_model import CausalLM, load_ar
-from ldlm.generate import SHIPPED, load_pipeline
-from ldlm.longgen import LongGeneration
+from ldlm.baselines.causal_lm import CausalLM, load_ar
+from ldlm.pipelines.loading import SHIPPED, load_pipeline
+from ldlm.pipelines.long_generation import LongGeneration
 from ldlm.vae.model import TextVAE
 
 ROOT = Path(__file__).resolve().parents[1]

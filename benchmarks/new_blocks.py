@@ -19,9 +19,9 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from bench_common import median_seconds, setup
-from ldlm.eval_suite import evaluate_systems, format_table
-from ldlm.generate import load_pipeline
-from ldlm.longgen import LongGeneration
+from ldlm.evaluation.suite import evaluate_systems, format_table
+from ldlm.pipelines.loading import load_pipeline
+from ldlm.pipelines.long_generation import LongGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
 

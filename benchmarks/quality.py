@@ -5,7 +5,7 @@ diagnostics of each system.
     python benchmarks/quality.py --ar runs/e2e-ar               # 400 samples each; docs/img/quality.{json,png}
     python benchmarks/quality.py --ar runs/e2e-ar --quick       # CI smoke run: 24 samples at 5 and 10 steps
 
-Both systems sample unconditionally from one seed: ldlm through ``ldlm.eval_suite.sample_texts`` (DPM-Solver++),
+Both systems sample unconditionally from one seed: ldlm through ``ldlm.evaluation.suite.sample_texts`` (DPM-Solver++),
 the baseline with its KV cache and plain sampling (temperature 1, top-p 1) up to EOS or 80 tokens, the length of
 ldlm's window. gen-PPL is under the frozen SmolLM2 teacher; MAUVE uses offline MiniLM features against as many
 E2E-test references as samples; memorization and the marginal-trap rates are against E2E train.
@@ -22,10 +22,10 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from bench_common import setup
-from ldlm.ar_model import generate_texts, load_ar
-from ldlm.corpus import read_corpus
-from ldlm.eval_suite import REFERENCES, evaluate_systems, format_table, sample_texts
-from ldlm.generate import load_pipeline
+from ldlm.baselines.causal_lm import generate_texts, load_ar
+from ldlm.data.corpus import read_corpus
+from ldlm.evaluation.suite import REFERENCES, evaluate_systems, format_table, sample_texts
+from ldlm.pipelines.loading import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "data" / "e2e"

@@ -6,8 +6,8 @@ a profile of where ldlm's time goes (DiT, VAE decoder, vocabulary projection).
     python benchmarks/speed.py --quick                   # CI smoke run (< 2 min on CPU)
 
 Both systems produce token ids and nothing else (no detokenization) for exactly ``tokens`` positions per row.
-ldlm: an output that fits one window is one pipeline call (``pipe(batch_size=B, num_blocks=tokens / L)``) plus the
-VAE decode; a longer one runs ``LongGeneration.fixed_ids``: its own group steps (``new_blocks`` new blocks denoised
+ldlm: an output that fits one window is one ``pipe.denoise`` call (the sampler of ``pipe(batch_size=B,
+num_blocks=tokens / L)``) plus the VAE decode; a longer one runs ``LongGeneration.fixed_ids``: its own group steps (``new_blocks`` new blocks denoised
 after the clean context of the blocks before them, then the VAE decode) for ⌈tokens / (new_blocks·L)⌉ groups.
 Iterating LongGeneration itself would not give a fixed amount of work: with ``stop_at_eos=False`` it drops EOS
 tokens before counting towards ``max_tokens`` and ends a document at a group of nothing but EOS. AR: ``generate``
@@ -25,10 +25,10 @@ from typing import Callable, Iterator
 import torch
 
 from bench_common import median_seconds, setup, sync
-from ldlm.ar_model import CausalLM, load_baseline
-from ldlm.generate import load_pipeline
-from ldlm.longgen import LongGeneration
-from ldlm.pipeline import LatentDiffusionLMPipeline
+from ldlm.baselines.causal_lm import CausalLM, load_baseline
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
+from ldlm.pipelines.loading import load_pipeline
+from ldlm.pipelines.long_generation import LongGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = dict(batch=1, tokens=256, steps=10)  # the configuration of the speedup line
@@ -51,10 +51,9 @@ def ldlm_ids(pipe: LatentDiffusionLMPipeline, batch: int, tokens: int, steps: in
         raise ValueError(f"output length {tokens} is not a multiple of the block length {cfg.block_length}")
     blocks = tokens // cfg.block_length
     if blocks <= pipe.transformer.config.max_blocks:
-        latents = pipe(batch_size=batch, num_blocks=blocks, num_inference_steps=steps, generator=generator,
-                       output_type="latent").latents
-        ids = vae.decode_ids(latents.reshape(-1, cfg.latents_per_block, cfg.latent_channels).to(vae.dtype))
-        return ids.reshape(batch, tokens)
+        known = torch.zeros(batch, blocks * cfg.latents_per_block, cfg.latent_channels, device=pipe.device)
+        unknown = torch.zeros(known.shape[:2], dtype=torch.bool, device=known.device)
+        return vae.decode_sequence(pipe.denoise(known, unknown, num_inference_steps=steps, generator=generator))
     run = LongGeneration(pipe, None, max_tokens=tokens, num_documents=batch, new_blocks=new_blocks,
                          num_inference_steps=steps, generator=generator)
     return run.fixed_ids(tokens)

@@ -8,8 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ldlm.corpus import read_corpus
-from ldlm.evaluate import evaluate_run
+from ldlm.data.corpus import read_corpus
+from ldlm.evaluation.reconstruction import evaluate_run
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 NOISE = [0.0, 0.1, 0.3, 0.5]

@@ -79,6 +79,8 @@ class LatentDiT(ModelMixin, ConfigMixin):
     match them.
     """
 
+    presets = ("tiny", "small", "base", "large")  # the constructors below
+
     @register_to_config
     def __init__(
         self,

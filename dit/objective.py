@@ -48,33 +48,35 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000, beta_schedule: st
 
 
 class DiffusionObjective:
-    """Noising, regression targets, timestep sampling and output ↔ x0 conversions for one objective."""
+    """Noising, regression targets, timestep sampling and output ↔ x0 conversions for one objective: a ``family``
+    (``vp`` or ``flow``) and its prediction type."""
 
-    def __init__(self, objective: str = "vp", prediction_type: str = "v_prediction", num_train_timesteps: int = 1000,
+    def __init__(self, family: str = "vp", prediction_type: str = "v_prediction", num_train_timesteps: int = 1000,
                  beta_schedule: str = "squaredcos_cap_v2", timestep_sampling: str = "uniform",
-                 logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
-        if objective not in ("vp", "flow"):
-            raise ValueError(f"objective must be 'vp' or 'flow', got '{objective}'")
-        if objective == "vp" and prediction_type not in PREDICTION_TYPES:
+                 logit_mean: float = 0.0, logit_std: float = 1.0,
+                 alphas_cumprod: torch.Tensor | None = None) -> None:
+        if family not in ("vp", "flow"):
+            raise ValueError(f"objective must be 'vp' or 'flow', got '{family}'")
+        if family == "vp" and prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got '{prediction_type}'")
         if timestep_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"timestep_sampling must be 'uniform' or 'logit_normal', got '{timestep_sampling}'")
-        self.objective = objective
-        self.prediction_type = "flow_prediction" if objective == "flow" else prediction_type
+        self.family = family
+        self.prediction_type = "flow_prediction" if family == "flow" else prediction_type
         self.num_train_timesteps = num_train_timesteps
         self.timestep_sampling, self.logit_mean, self.logit_std = timestep_sampling, logit_mean, logit_std
-        self.alphas_cumprod = (DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
-                               .alphas_cumprod.float() if objective == "vp" else None)
+        if family == "vp" and alphas_cumprod is None:
+            alphas_cumprod = DDPMScheduler(num_train_timesteps=num_train_timesteps,
+                                           beta_schedule=beta_schedule).alphas_cumprod
+        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.float()
 
     @classmethod
     def from_scheduler(cls, scheduler) -> "DiffusionObjective":
-        """The objective a scheduler samples (its family, prediction type and beta schedule)."""
+        """The objective a scheduler samples: its family, prediction type and ᾱ (whatever betas it was given)."""
         cfg = scheduler.config
         if is_flow_scheduler(scheduler):
             return cls("flow", num_train_timesteps=cfg.num_train_timesteps)
-        objective = cls("vp", cfg.prediction_type, cfg.num_train_timesteps, cfg.beta_schedule)
-        objective.alphas_cumprod = scheduler.alphas_cumprod.float()  # whatever betas the scheduler was given
-        return objective
+        return cls("vp", cfg.prediction_type, cfg.num_train_timesteps, alphas_cumprod=scheduler.alphas_cumprod)
 
     def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
         """Training timesteps in [0, T): integers for ``vp``, reals (σ·T) for ``flow``."""
@@ -83,13 +85,13 @@ class DiffusionObjective:
         else:
             u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(batch, device=device, generator=generator))
         t = u * self.num_train_timesteps
-        return t.floor().clamp(max=self.num_train_timesteps - 1) if self.objective == "vp" else t
+        return t.floor().clamp(max=self.num_train_timesteps - 1) if self.family == "vp" else t
 
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, s) with x_t = a·x0 + s·ε, broadcastable to ``like``. Fractional VP timesteps (Euler) interpolate the
         noise-to-signal ratio σ = s/a linearly, as diffusers' Euler scheduler does."""
         t = torch.as_tensor(t, device=like.device).float().reshape(-1)
-        if self.objective == "flow":
+        if self.family == "flow":
             sigma = (t / self.num_train_timesteps).clamp(0.0, 1.0)
             a, s = 1 - sigma, sigma
         else:
@@ -110,14 +112,14 @@ class DiffusionObjective:
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, s = self._coefficients(t, x0)
-        if self.objective == "flow":
+        if self.family == "flow":
             return noise - x0
         return {"epsilon": noise, "v_prediction": a * noise - s * x0, "sample": x0}[self.prediction_type]
 
     def to_x0(self, x_t: torch.Tensor, output: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Clean-latent estimate from a model output."""
         a, s = self._coefficients(t, x_t)
-        if self.objective == "flow":
+        if self.family == "flow":
             return x_t - s * output
         if self.prediction_type == "epsilon":
             return (x_t - s * output) / a.clamp(min=1e-4)
@@ -128,7 +130,7 @@ class DiffusionObjective:
     def from_x0(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model output that corresponds to the clean-latent estimate ``x0`` at ``x_t``."""
         a, s = self._coefficients(t, x_t)
-        if self.objective == "flow":
+        if self.family == "flow":
             return (x_t - x0) / s.clamp(min=1e-4)
         if self.prediction_type == "sample":
             return x0

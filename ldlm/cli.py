@@ -4,72 +4,137 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from ldlm.errors import LdlmError
 
 
-def _train_vae(args: argparse.Namespace) -> None:
-    from ldlm.config import VAEExperiment, load_config
-    from ldlm.train_vae import train_vae
+def _train(args: argparse.Namespace, schema: type, train, exported: str) -> None:
+    from ldlm.training.config import load_config
 
-    cfg = load_config(VAEExperiment, args.config, args.overrides)
-    print(f"VAE exported to {train_vae(cfg)}")
+    path = train(load_config(schema, args.config, args.overrides))
+    if path is not None:  # the first process
+        print(exported.format(path))
+
+
+def _train_vae(args: argparse.Namespace) -> None:
+    from ldlm.training.config import VAEExperiment
+    from ldlm.training.vae_trainer import train_vae
+
+    _train(args, VAEExperiment, train_vae, "VAE exported to {}")
 
 
 def _train_dit(args: argparse.Namespace) -> None:
-    from ldlm.config import DiTExperiment, load_config
-    from ldlm.train_dit import train_dit
+    from ldlm.training.config import DiTExperiment
+    from ldlm.training.dit_trainer import train_dit
 
-    path = train_dit(load_config(DiTExperiment, args.config, args.overrides))
-    if path is not None:
-        print(f"pipeline exported to {path}")
+    _train(args, DiTExperiment, train_dit, "pipeline exported to {}")
 
 
 def _train_ar(args: argparse.Namespace) -> None:
-    from ldlm.ar_config import ARExperiment
-    from ldlm.config import load_config
-    from ldlm.train_ar import train_ar
+    from ldlm.training.ar_trainer import train_ar
+    from ldlm.training.config import ARExperiment
 
-    path = train_ar(load_config(ARExperiment, args.config, args.overrides))
-    if path is not None:
-        print(f"autoregressive baseline exported to {path} (model/ + tokenizer/)")
+    _train(args, ARExperiment, train_ar, "autoregressive baseline exported to {} (model/ + tokenizer/)")
 
 
 def _train_classifier(args: argparse.Namespace) -> None:
-    from ldlm.classifier import train_classifier
-    from ldlm.classifier_config import ClassifierExperiment
-    from ldlm.config import load_config
+    from ldlm.training.classifier_trainer import train_classifier
+    from ldlm.training.config import ClassifierExperiment
 
-    path = train_classifier(load_config(ClassifierExperiment, args.config, args.overrides))
-    if path is not None:
-        print(f"classifier exported to {path}")
+    _train(args, ClassifierExperiment, train_classifier, "classifier exported to {}")
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A ValueError of the pipeline's argument checks becomes a one-line LdlmError."""
+    try:
+        yield
+    except ValueError as err:
+        raise LdlmError(str(err).splitlines()[0]) from None
+
+
+def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = None):
+    """The pipeline of ``--model`` on ``--device``, and a generator seeded with ``--seed``."""
+    import torch
+
+    from ldlm.pipelines.loading import load_pipeline
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise LdlmError(f"device '{args.device}' requested but CUDA is not available")
+    return load_pipeline(args.model, scheduler).to(args.device), torch.Generator(args.device).manual_seed(args.seed)
+
+
+def _guidance(args: argparse.Namespace):
+    """Gradient guidance from the targets on the command line (None when there are none); content labels use
+    ``--classifier``, by default the one shipped for the shipped pipeline."""
+    from ldlm.pipelines.guidance import ClassifierControl, GradientGuidance, KeywordControl, LengthControl
+    from ldlm.pipelines.loading import SHIPPED_CONTENT, load_classifier
+
+    with _user_errors():
+        controls = [KeywordControl(word) for word in args.keyword]
+        if args.length is not None:
+            controls.append(LengthControl(args.length))
+        if args.content:
+            path = args.classifier or (SHIPPED_CONTENT if args.model is None else None)
+            if path is None:
+                raise LdlmError("--content needs --classifier (a content classifier trained on this model's VAE)")
+            classifier = load_classifier(path)
+            controls += [ClassifierControl(classifier, label) for label in args.content]
+        if not controls:
+            return None
+        return GradientGuidance(controls, steps=args.guidance_steps, lr=args.guidance_lr)
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from ldlm.generate import build_guidance, generate
-
-    guidance = build_guidance(args.model, args.length, args.keyword, args.content, args.classifier,
-                              args.guidance_steps, args.guidance_lr)
-    texts = generate(args.model, args.prompt, args.num_samples, args.steps, args.seed, args.scheduler,
-                     args.guidance_scale, args.num_blocks, args.device, guidance)
-    for text in texts:
+    guidance = _guidance(args)
+    pipe, generator = _pipeline_and_generator(args, args.scheduler)
+    sampling = dict(num_blocks=args.num_blocks, num_inference_steps=args.steps, generator=generator,
+                    guidance=guidance)
+    with _user_errors():
+        if args.prompt:
+            out = pipe(args.prompt, guidance_scale=args.guidance_scale, num_samples_per_prompt=args.num_samples,
+                       **sampling)
+        else:
+            out = pipe(batch_size=args.num_samples, **sampling)
+    for text in out.texts:
         print(text.replace("\n", " "))  # one sample per line
 
 
 def _infill(args: argparse.Namespace) -> None:
-    from ldlm.generate import infill
-
-    for text in infill(args.model, args.segments, args.gap_blocks, args.method, args.num_samples, args.steps,
-                       args.seed, args.device):
+    pipe, generator = _pipeline_and_generator(args)
+    with _user_errors():
+        out = pipe.infill([None if s == "_" else s for s in args.segments], gap_blocks=args.gap_blocks,
+                          method=args.method, num_samples_per_prompt=args.num_samples, num_inference_steps=args.steps,
+                          generator=generator)
+    for text in out.texts:
         print(text.replace("\n", " "))
 
 
 def _longgen(args: argparse.Namespace) -> None:
-    from ldlm.generate import write_long_document
+    """One long document block by block, appending each finished group to ``--output`` as it is decoded (an
+    interrupted run keeps what it wrote), with a progress bar."""
+    from tqdm.auto import tqdm
 
-    tokens, reason = write_long_document(args.model, args.output, args.prompt, args.max_tokens, args.new_blocks,
-                                         args.steps, args.seed, not args.ignore_eos, args.max_repeat, args.device)
-    print(f"wrote {tokens} tokens to {args.output} (stopped: {reason})")
+    from ldlm.pipelines.long_generation import LongGeneration
+
+    target = Path(args.output)
+    if not target.parent.is_dir() or target.is_dir():
+        reason = "it is a folder" if target.is_dir() else f"no folder {target.parent}"
+        raise LdlmError(f"cannot write {args.output}: {reason}")
+    pipe, generator = _pipeline_and_generator(args)
+    with _user_errors():
+        run = LongGeneration(pipe, args.prompt, args.max_tokens, new_blocks=args.new_blocks,
+                             num_inference_steps=args.steps, generator=generator, stop_at_eos=not args.ignore_eos,
+                             max_repeat=args.max_repeat)
+    with open(target, "w", encoding="utf-8") as handle, tqdm(total=args.max_tokens, unit="tok") as bar:
+        for (text,) in run:
+            handle.write(text)
+            handle.flush()
+            bar.update(min(run.token_counts[0], args.max_tokens) - bar.n)
+    print(f"wrote {run.token_counts[0]} tokens to {args.output} (stopped: {run.stop_reasons[0]})")
 
 
 def _teacher_prepare(args: argparse.Namespace) -> None:
@@ -79,25 +144,22 @@ def _teacher_prepare(args: argparse.Namespace) -> None:
 
 
 def _eval_vae(args: argparse.Namespace) -> None:
-    from ldlm.evaluate import evaluate_vae_cli
+    from ldlm.evaluation.reconstruction import eval_vae_command
 
-    evaluate_vae_cli(args.vae, args.corpus, args.text_field, args.limit, args.skip, args.noise, args.holdout_every,
-                     args.output)
+    eval_vae_command(args)
 
 
 def _features(args: argparse.Namespace) -> None:
-    from ldlm.config import VAEExperiment, load_config
-    from ldlm.features import extract_features
+    from ldlm.data.token_blocks import extract_features
+    from ldlm.training.config import VAEExperiment, load_config
 
     extract_features(load_config(VAEExperiment, args.config, args.overrides))
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from ldlm.eval_suite import eval_command
+    from ldlm.evaluation.suite import eval_command
 
-    eval_command(args.samples, args.model, args.num_samples, args.steps, args.seed, args.references,
-                 args.num_references, args.train, args.ppl_model, args.mauve_features, args.top_k, args.device,
-                 args.output)
+    eval_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

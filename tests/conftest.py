@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
-from ldlm.corpus import restaurant_sentences
+from ldlm.data.corpus import restaurant_sentences
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 
@@ -55,8 +55,9 @@ def isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def vae_dir(tmp_path_factory, tokenizer) -> str:
     """A small random-weight TextVAE (latent stats measured on the built-in corpus) saved with the word tokenizer."""
-    from ldlm.data import pad_id_of, to_blocks, tokenize
-    from ldlm.train_vae import measure_latent_stats
+    from ldlm.align.teacher import pad_id_of
+    from ldlm.data.token_blocks import to_blocks, tokenize
+    from ldlm.training.vae_trainer import measure_latent_stats
     from ldlm.vae.model import TextVAE
 
     torch.manual_seed(0)
@@ -77,8 +78,8 @@ def make_pipeline(vae_dir):
     changes the output: ``make_pipeline(objective="vp", scheduler="dpm++")``."""
     from ldlm.dit.model import LatentDiT
     from ldlm.dit.objective import make_scheduler
-    from ldlm.latents import load_vae
-    from ldlm.pipeline import LatentDiffusionLMPipeline
+    from ldlm.pipelines.loading import load_vae
+    from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
 
     def build(objective: str = "vp", scheduler: str = "dpm++"):
         vae, tokenizer = load_vae(vae_dir)

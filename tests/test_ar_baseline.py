@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldlm.ar_config import ARExperiment
-from ldlm.ar_model import CausalLM, generate_texts, load_ar
+from ldlm.baselines.causal_lm import CausalLM, generate_texts, load_ar
 from ldlm.cli import main
-from ldlm.config import load_config
+from ldlm.data.token_windows import TokenDataModule, TokenWindows
 from ldlm.errors import LdlmError
-from ldlm.latents import load_vae
-from ldlm.train_ar import ARModule, TokenDataModule, TokenWindows, build_model, train_ar
+from ldlm.pipelines.loading import load_vae
+from ldlm.training.ar_trainer import ARModule, build_model, train_ar
+from ldlm.training.config import ARExperiment
+from ldlm.training.config import load_config
 
 V, EOS = 50, 1
 

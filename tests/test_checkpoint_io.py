@@ -7,7 +7,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from ldlm.checkpoint_io import SafetensorsCheckpointIO, atomic_dir, atomic_write, load_tree, save_tree
+from ldlm.training.checkpoint_io import SafetensorsCheckpointIO, atomic_dir, atomic_write, load_tree, save_tree
 
 
 def assert_same(a, b):

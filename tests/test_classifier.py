@@ -7,13 +7,15 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ldlm.classifier import ClassifierModule, LatentClassifier, load_classifier, train_classifier
-from ldlm.classifier_config import ClassifierExperiment
-from ldlm.classifier_data import ClassifierDataModule, label_vocabulary, parse_mr
-from ldlm.config import load_config
+from ldlm.data import IGNORE
+from ldlm.data.label_windows import ClassifierDataModule, label_vocabulary, parse_mr
+from ldlm.data.postags import COARSE_TAGS, LexiconTagger, char_tags, coarse_tag, token_tags
 from ldlm.errors import LdlmError
-from ldlm.latents import end_block_latents, load_vae
-from ldlm.postags import COARSE_TAGS, IGNORE, LexiconTagger, char_tags, coarse_tag, split_words, token_tags
+from ldlm.pipelines.latent_classifier import LatentClassifier
+from ldlm.pipelines.loading import load_classifier, load_vae
+from ldlm.pipelines.text import split_words
+from ldlm.training.classifier_trainer import ClassifierModule, train_classifier
+from ldlm.training.config import ClassifierExperiment, load_config
 
 NAMES = ["The Eagle", "Zizzi", "The Mill", "Aromi"]
 FOODS = ["Italian", "French", "Chinese"]
@@ -181,7 +183,7 @@ def test_short_training_lowers_the_loss_and_exports(vae_dir, tmp_path, task):
     vae, tokenizer = load_vae(vae_dir)
     trained = LatentClassifier.from_pretrained(out / "classifier")
     assert load_classifier(out).config == trained.config
-    torch.testing.assert_close(trained.end_block, end_block_latents(vae))
+    torch.testing.assert_close(trained.end_block, vae.end_block_latents())
     data = ClassifierDataModule(task, cfg.data, vae, tokenizer, 16)
     data.setup()
     torch.manual_seed(0)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from ldlm.corpus import read_corpus, restaurant_sentences
-from ldlm.data import split_documents, to_blocks, tokenize
+from ldlm.data.corpus import read_corpus, restaurant_sentences
+from ldlm.data.token_blocks import split_documents, to_blocks, tokenize
 from ldlm.errors import LdlmError
 
 

@@ -3,8 +3,8 @@ from collections import Counter
 
 import pytest
 
-from ldlm.diagnostics import frequency_collapse, marginal_trap
-from ldlm.metrics import ngram_set
+from ldlm.evaluation.diagnostics import frequency_collapse, marginal_trap
+from ldlm.pipelines.text import ngram_set
 
 
 def test_frequency_collapse_on_a_constructed_example():

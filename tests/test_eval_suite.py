@@ -3,11 +3,11 @@ import json
 import pytest
 
 from ldlm.cli import main
-from ldlm.corpus import restaurant_sentences
-from ldlm.eval_suite import evaluate_systems, evaluate_texts, vae_reconstruction
+from ldlm.data.corpus import restaurant_sentences
 from ldlm.errors import LdlmError
-from ldlm.generate import SHIPPED
-from ldlm.latents import load_vae
+from ldlm.evaluation.reconstruction import vae_reconstruction
+from ldlm.evaluation.suite import evaluate_systems, evaluate_texts
+from ldlm.pipelines.loading import SHIPPED, load_vae
 
 TEXTS = ["The Eagle is a pub in the city centre.", "Zizzi is is a coffee shop"]
 TRAIN = ["The Eagle is a pub in the riverside."]

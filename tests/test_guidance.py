@@ -2,11 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldlm.classifier import LatentClassifier
 from ldlm.cli import main
-from ldlm.guidance import (ClassifierControl, GradientGuidance, KeywordControl, LengthControl, TaggingControl,
-                           TokenScores)
-from ldlm.postags import LexiconTagger, split_words
+from ldlm.data.postags import LexiconTagger
+from ldlm.pipelines.guidance import (ClassifierControl, GradientGuidance, KeywordControl, LengthControl,
+                                     TaggingControl, TokenScores)
+from ldlm.pipelines.latent_classifier import LatentClassifier
+from ldlm.pipelines.text import split_words
 
 
 def _final_score(pipe, guidance, score_with: GradientGuidance, seed: int = 0) -> float:

@@ -18,8 +18,8 @@ def test_infill_keeps_fixed_text_and_blocks_exactly(make_pipeline, method):
     seen = []
     forward = pipe.transformer.forward
     pipe.transformer.forward = lambda x, t, s=None, context=None, *a: seen.append(context) or forward(x, t, s, context, *a)
-    out = pipe.infill([FIRST, None, LAST], gap_blocks=2, method=method, num_samples=3, num_inference_steps=4,
-                      generator=_seeded())
+    out = pipe.infill([FIRST, None, LAST], gap_blocks=2, method=method, num_samples_per_prompt=3,
+                      num_inference_steps=4, generator=_seeded())
     ids = pipe.tokenizer(FIRST, add_special_tokens=False)["input_ids"]
     block = torch.tensor([ids[:8]])
     expected = pipe.vae.encode(block, torch.ones_like(block))[0]  # the one complete fixed block, in VAE units
@@ -67,7 +67,7 @@ def test_infill_command(make_pipeline, tmp_path, capsys):
                                                  ("flow", "flow-euler"), ("flow", "flow-heun")])
 def test_replacement_works_with_every_kind_of_scheduler(make_pipeline, objective, scheduler):
     pipe = make_pipeline(objective, scheduler)
-    out = pipe.infill([FIRST, None, LAST], method="replace", num_samples=2, num_inference_steps=4,
+    out = pipe.infill([FIRST, None, LAST], method="replace", num_samples_per_prompt=2, num_inference_steps=4,
                       generator=_seeded())
     assert torch.isfinite(out.latents).all()
     assert all(text.startswith(FIRST) and LAST in text for text in out.texts)

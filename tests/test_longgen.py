@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ldlm.cli import main
-from ldlm.longgen import LongGeneration, repeated_share
+from ldlm.pipelines.long_generation import LongGeneration, repeated_share
 
 PROMPT = "Zizzi is a cheap coffee shop serving Italian food in the riverside. It has a"
 

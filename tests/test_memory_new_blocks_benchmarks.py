@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from ldlm.ar_model import CausalLM, load_baseline
+from ldlm.baselines.causal_lm import CausalLM, load_baseline
 
 
 def _tiny_ar(pipe) -> CausalLM:

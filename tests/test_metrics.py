@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from ldlm.errors import LdlmError
-from ldlm.metrics import (GenerativePerplexity, adjacent_duplicate_rate, corpus_bleu, distinct_n, diversity,
-                          mauve_score, memorization, ngram_overlap, ngram_set, novel_ngram_rate, repetition_rate)
+from ldlm.evaluation.metrics import (GenerativePerplexity, adjacent_duplicate_rate, corpus_bleu, distinct_n,
+                                     diversity, mauve_score, memorization, novel_ngram_rate, repetition_rate)
+from ldlm.pipelines.text import ngram_overlap, ngram_set
 
 
 def test_generative_perplexity_matches_the_lm_loss(teacher_dirs):

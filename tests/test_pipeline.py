@@ -7,10 +7,10 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from ldlm.cli import main
-from ldlm.dit.objective import FLOW_SCHEDULERS, VP_SCHEDULERS, make_scheduler
 from ldlm.dit.model import LatentDiT
-from ldlm.latents import load_vae
-from ldlm.pipeline import LatentDiffusionLMPipeline
+from ldlm.dit.objective import FLOW_SCHEDULERS, VP_SCHEDULERS, make_scheduler
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
+from ldlm.pipelines.loading import load_vae
 
 
 def _seeded(seed: int = 0) -> torch.Generator:
@@ -46,7 +46,7 @@ def test_save_and_load_in_a_fresh_process_gives_identical_text(make_pipeline, tm
     expected = pipe(batch_size=3, num_inference_steps=6, generator=_seeded(7)).texts
     code = (
         "import json, torch\n"
-        "from ldlm.pipeline import LatentDiffusionLMPipeline\n"
+        "from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline\n"
         f"pipe = LatentDiffusionLMPipeline.from_pretrained({str(tmp_path / 'pipe')!r})\n"
         "pipe.set_progress_bar_config(disable=True)\n"
         "print(json.dumps(pipe(batch_size=3, num_inference_steps=6,"
@@ -98,14 +98,13 @@ def test_partial_prompt_blocks_are_held_to_the_prompt_tokens(make_pipeline, monk
     prompt = "Zizzi is a cheap pub"  # 5 tokens: a partial block only, so every one-block encoding is a hold
     tail = pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     held = []
-    encode = pipe._encode_blocks
+    encode = pipe.vae.encode_sequence
 
-    def spy(ids, mask):
-        if len(ids) == 1:
-            held.append(ids[0, : len(tail)].tolist())
+    def spy(ids, mask=None):
+        held.append(ids[0, : len(tail)].tolist())
         return encode(ids, mask)
 
-    monkeypatch.setattr(pipe, "_encode_blocks", spy)
+    monkeypatch.setattr(pipe.vae, "encode_sequence", spy)
     pipe(prompt, num_blocks=3, num_inference_steps=4, generator=_seeded())
     assert len(held) == 4 + 1 and all(ids == tail for ids in held)  # every step, and the final latents
 
@@ -172,6 +171,16 @@ def test_a_clipping_scheduler_is_refused(make_pipeline):
     pipe.scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
     with pytest.raises(ValueError, match="clip_sample=False"):
         pipe(num_inference_steps=2)
+
+
+def test_given_starting_latents_replace_the_drawn_noise(make_pipeline):
+    pipe = make_pipeline()
+    noise = torch.randn(2, 8, 8, generator=_seeded(3))
+    drawn = pipe(batch_size=2, num_blocks=4, num_inference_steps=3, generator=_seeded(3))
+    given = pipe(batch_size=2, num_blocks=4, num_inference_steps=3, latents=noise)
+    assert given.texts == drawn.texts and torch.equal(given.latents, drawn.latents)
+    with pytest.raises(ValueError, match="latents must have the shape"):
+        pipe(batch_size=2, num_blocks=4, num_inference_steps=3, latents=noise[:1])
 
 
 def test_step_callback_sees_and_can_replace_the_latents(make_pipeline):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ldlm.cli import main
-from ldlm.generate import SHIPPED, load_pipeline
+from ldlm.pipelines.loading import SHIPPED, load_pipeline
 
 pytestmark = pytest.mark.skipif(not (SHIPPED / "model_index.json").is_file(), reason="no source checkout")
 
@@ -25,14 +25,14 @@ def test_generate_defaults_to_the_shipped_pipeline(capsys):
 
 
 def test_shipped_guidance_models_read_the_shipped_latents():
-    from ldlm.classifier import load_classifier
-    from ldlm.generate import SHIPPED_CONTENT
-    from ldlm.postags import LexiconTagger
+    from ldlm.pipelines.loading import load_classifier
+    from ldlm.pipelines.loading import SHIPPED_CONTENT
+    from ldlm.data.postags import LexiconTagger
 
     pipe = load_pipeline()
     content = load_classifier(SHIPPED_CONTENT)
     text = "Loch Fyne serves English food in the riverside area."
-    latents = pipe.vae.standardize(pipe.vae.encode_text([text], pipe.tokenizer)[0])[None]
+    latents = pipe.vae.encode_text([text], pipe.tokenizer)[0][None]
     probs = dict(zip(content.config.labels, content(latents).sigmoid()[0].tolist()))
     assert probs["food[English]"] > 0.5 and probs["area[riverside]"] > 0.5 and probs["food[Chinese]"] < 0.5
     tags = load_classifier(SHIPPED_CONTENT.parent / "pos")(latents).argmax(-1)[0]

@@ -3,17 +3,17 @@ profile's parts add up, and the counted DiT FLOPs match the analytic count."""
 import torch
 
 from ldlm.dit.model import LatentDiT
-from ldlm.longgen import LongGeneration
+from ldlm.pipelines.long_generation import LongGeneration
 
 
 def _recording(pipe) -> list[torch.Tensor]:
-    outputs, denoise = [], pipe._denoise
+    outputs, denoise = [], pipe.denoise
 
     def spy(*args, **kwargs):
         outputs.append(denoise(*args, **kwargs))
         return outputs[-1]
 
-    pipe._denoise = spy
+    pipe.denoise = spy
     return outputs
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ldlm.errors import LdlmError
-from ldlm.text_features import TextEncoder
+from ldlm.evaluation.embeddings import TextEncoder
 
 
 def test_lm_features_are_mean_pooled_hidden_states(teacher_dirs):

@@ -9,11 +9,12 @@ import torch
 from omegaconf import OmegaConf
 
 from ldlm.cli import main
-from ldlm.config import DiTExperiment, load_config
+from ldlm.data.latent_windows import LatentDataModule
 from ldlm.dit.model import LatentDiT
-from ldlm.latents import LatentDataModule, load_vae
-from ldlm.pipeline import LatentDiffusionLMPipeline
-from ldlm.train_dit import LatentDiTModule, train_dit
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
+from ldlm.pipelines.loading import load_vae
+from ldlm.training.config import DiTExperiment, load_config
+from ldlm.training.dit_trainer import LatentDiTModule, train_dit
 
 
 def _overrides(vae_dir: str, out, *extra: str) -> list[str]:
@@ -58,8 +59,8 @@ WORKER = """
 import hashlib, sys
 import lightning as L
 from torch.distributed.tensor import DTensor
-from ldlm.config import DiTExperiment, load_config
-from ldlm.train_dit import train_dit
+from ldlm.training.config import DiTExperiment, load_config
+from ldlm.training.dit_trainer import train_dit
 
 
 class Fingerprint(L.Callback):

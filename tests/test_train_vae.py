@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from ldlm.config import VAEExperiment, load_config
-from ldlm.evaluate import reconstruction_metrics
-from ldlm.train_vae import train_vae
+from ldlm.evaluation.reconstruction import reconstruction_metrics
+from ldlm.training.config import VAEExperiment, load_config
+from ldlm.training.vae_trainer import train_vae
 from ldlm.vae.model import TextVAE
 
 
@@ -38,7 +38,7 @@ def test_short_training_reconstructs_and_aligns(teacher_dirs, tokenizer, tmp_pat
     vae = TextVAE.from_pretrained(out / "vae")
     assert vae.latent_std.min() > 0 and not torch.equal(vae.latent_std, torch.ones_like(vae.latent_std))
     # held-out sentences from another seed of the generator, through the text-level helpers
-    from ldlm.corpus import restaurant_sentences
+    from ldlm.data.corpus import restaurant_sentences
     texts = restaurant_sentences(40, seed=99)
     latents = vae.encode_text(texts, tokenizer)
     decoded = [vae.decode_text(z[None], tokenizer)[0] for z in latents]
@@ -65,8 +65,8 @@ def test_alignment_off_needs_no_features(teacher_dirs, tmp_path):
 
 
 def test_noise_metrics_degrade_gracefully(teacher_dirs, tokenizer, tmp_path):
-    from ldlm.data import to_blocks, tokenize
-    from ldlm.corpus import restaurant_sentences
+    from ldlm.data.token_blocks import to_blocks, tokenize
+    from ldlm.data.corpus import restaurant_sentences
     vae = TextVAE(vocab_size=len(tokenizer), block_length=8, latents_per_block=2, latent_channels=4, d_model=32,
                   d_embed=8, heads=2, encoder_layers=1, decoder_layers=1)
     blocks = to_blocks(tokenize(restaurant_sentences(10), tokenizer), 8, tokenizer.pad_token_id)

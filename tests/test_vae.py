@@ -1,6 +1,6 @@
 import torch
 
-from ldlm.blocks import join_blocks, split_into_blocks
+from ldlm.vae.blocks import join_blocks, split_into_blocks
 from ldlm.vae.model import TextVAE
 
 

@@ -6,7 +6,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ldlm.blocks import join_blocks, split_into_blocks
+from ldlm.vae.blocks import join_blocks, split_into_blocks
 
 
 def pca_token_table(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
@@ -145,21 +145,50 @@ class TextVAE(ModelMixin, ConfigMixin):
     def unstandardize(self, latents: torch.Tensor) -> torch.Tensor:
         return latents * self.latent_std + self.latent_mean
 
+    def encode_sequence(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token sequences (B, T), T a multiple of ``block_length`` → standardized fp32 latents (B, T / L · K, C):
+        the posterior means of their consecutive blocks."""
+        cfg = self.config
+        blocks = input_ids.reshape(-1, cfg.block_length)
+        mask = None if attention_mask is None else attention_mask.reshape(-1, cfg.block_length)
+        latents = self.standardize(self.encode(blocks, mask)).float()
+        return latents.reshape(len(input_ids), -1, cfg.latent_channels)
+
+    def _blocks(self, latents: torch.Tensor) -> torch.Tensor:
+        """Standardized sequences (B, N, C) → block latents (B · N / K, K, C) in VAE units and the VAE's dtype."""
+        cfg = self.config
+        return self.unstandardize(latents).reshape(-1, cfg.latents_per_block, cfg.latent_channels).to(self.dtype)
+
+    def sequence_states(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decoder states (B, N / K · L, d_embed) of standardized latent sequences (B, N, C), differentiable."""
+        return self.decoder_states(self._blocks(latents)).reshape(len(latents), -1, self.config.d_embed)
+
+    def decode_sequence(self, latents: torch.Tensor) -> torch.Tensor:
+        """Most likely token ids (B, N / K · L) of standardized latent sequences (B, N, C)."""
+        return self.decode_ids(self._blocks(latents)).reshape(len(latents), -1)
+
+    @torch.no_grad()
+    def end_block_latents(self) -> torch.Tensor:
+        """Standardized latents (K, C) of a block holding only EOS: what follows the end of a document."""
+        cfg = self.config
+        ids = torch.full((1, cfg.block_length), cfg.pad_token_id, dtype=torch.long, device=self.device)
+        ids[0, 0] = cfg.eos_token_id
+        mask = torch.zeros_like(ids)
+        mask[0, 0] = 1
+        return self.encode_sequence(ids, mask)[0].cpu()
+
     @torch.no_grad()
     def encode_text(self, texts: list[str], tokenizer) -> list[torch.Tensor]:
-        """Each text → its block latents (num_blocks * K, C), posterior means in VAE units."""
+        """Each text (EOS appended) → its standardized block latents (num_blocks · K, C)."""
         cfg = self.config
         out = []
         for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
             blocks, mask = split_into_blocks(ids, cfg.block_length, cfg.eos_token_id, cfg.pad_token_id)
-            latents = self.encode(blocks.to(self.device), mask.to(self.device))
-            out.append(latents.reshape(-1, cfg.latent_channels))
+            out.append(self.encode_sequence(blocks.view(1, -1).to(self.device), mask.view(1, -1).to(self.device))[0])
         return out
 
     @torch.no_grad()
     def decode_text(self, latents: torch.Tensor, tokenizer) -> list[str]:
-        """Latent sequences (B, num_blocks * K, C) in VAE units → texts, cut at the first EOS."""
-        cfg = self.config
-        b = latents.shape[0]
-        ids = self.decode_ids(latents.reshape(-1, cfg.latents_per_block, cfg.latent_channels)).reshape(b, -1)
-        return [tokenizer.decode(join_blocks(row, cfg.eos_token_id)) for row in ids.cpu()]
+        """Standardized latent sequences (B, num_blocks · K, C) → texts, cut at the first EOS."""
+        ids = self.decode_sequence(latents).cpu()
+        return [tokenizer.decode(join_blocks(row, self.config.eos_token_id)) for row in ids]

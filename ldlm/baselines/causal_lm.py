@@ -115,6 +115,8 @@ class CausalLM(ModelMixin, ConfigMixin):
     beyond the trained window is not promised). A document starts after an EOS token, as training windows do.
     """
 
+    presets = ("tiny", "small", "base")  # the constructors below
+
     @register_to_config
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""Typed OmegaConf configs: YAML file + dotted command-line overrides, validated against dataclasses."""
+"""Typed OmegaConf configs of the four trainers: YAML file + dotted command-line overrides, typed by dataclasses
+that also check their values (``__post_init__``, run when the runner turns a loaded config into its dataclass)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +9,11 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ldlm.baselines.causal_lm import CausalLM
+from ldlm.dit.model import LatentDiT
+from ldlm.dit.objective import DiffusionObjective, is_flow_scheduler, make_scheduler
 from ldlm.errors import LdlmError
+from ldlm.pipelines.latent_classifier import TASKS
 
 
 @dataclass
@@ -24,7 +29,6 @@ class CorpusConfig:
 @dataclass
 class DataConfig:
     train: list[CorpusConfig] = field(default_factory=lambda: [CorpusConfig()])
-    eval: list[CorpusConfig] = field(default_factory=list)  # extra held-out corpora, reported separately
     block_length: int = 16
     val_fraction: float = 0.02
     seed: int = 0
@@ -52,6 +56,10 @@ class AlignConfig:
     margin_cos: float = 0.5
     margin_dist: float = 0.25
     dist_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("repa", "vavae"):
+            raise LdlmError(f"align.loss must be 'repa' or 'vavae', got '{self.loss}'")
 
 
 @dataclass
@@ -109,6 +117,12 @@ class VAEExperiment:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.data.block_length % self.model.latents_per_block:
+            raise LdlmError("data.block_length must be a multiple of model.latents_per_block")
+        if self.model.freeze_encoder and self.init is None:
+            raise LdlmError("model.freeze_encoder needs init: a trained VAE whose encoder to keep")
+
 
 @dataclass
 class DiTDataConfig:
@@ -120,12 +134,30 @@ class DiTDataConfig:
 
 
 @dataclass
-class DiTModelConfig:
-    preset: str = "small"  # tiny | small | base | large
+class PresetConfig:
+    """A model preset (a constructor of the model class: DiT tiny | small | base | large, autoregressive baseline
+    tiny | small (≈ VAE decoder + DiT small) | base (≈ VAE decoder + DiT base)) with optional size overrides."""
+
+    preset: str = "small"
     hidden_size: Optional[int] = None  # set any of these to override the preset
     num_layers: Optional[int] = None
     num_heads: Optional[int] = None
     mlp_ratio: float = 4.0
+
+
+def check_preset(cls: type, cfg: PresetConfig) -> None:
+    if cfg.preset not in cls.presets:
+        raise LdlmError(f"model.preset must be one of {', '.join(cls.presets)}, got '{cfg.preset}'")
+
+
+def build_preset(cls: type, cfg: PresetConfig, **kwargs):
+    """``cls.<preset>(**kwargs)`` with the configured sizes; a shape the model refuses is one LdlmError line."""
+    check_preset(cls, cfg)
+    sizes = {k: v for k in ("hidden_size", "num_layers", "num_heads") if (v := getattr(cfg, k)) is not None}
+    try:
+        return getattr(cls, cfg.preset)(mlp_ratio=cfg.mlp_ratio, **kwargs, **sizes)
+    except ValueError as err:
+        raise LdlmError(f"config error in model: {err}") from None
 
 
 @dataclass
@@ -145,6 +177,18 @@ class DiffusionConfig:
     context_dropout: float = 0.1  # context swapped for the null condition (classifier-free guidance)
     ema_decay: float = 0.999
 
+    def __post_init__(self) -> None:
+        try:
+            scheduler = make_scheduler(self.scheduler, self.num_train_timesteps, self.beta_schedule,
+                                       self.prediction_type, self.shift)
+            DiffusionObjective(self.objective, self.prediction_type, timestep_sampling=self.timestep_sampling)
+        except (ValueError, NotImplementedError) as err:  # diffusers raises the latter for an unknown beta_schedule
+            raise LdlmError(f"config error in diffusion: {str(err).splitlines()[0]}") from None
+        if is_flow_scheduler(scheduler) != (self.objective == "flow"):
+            raise LdlmError(f"diffusion.scheduler does not fit diffusion.objective: {self.scheduler} samples "
+                            f"{'flow' if is_flow_scheduler(scheduler) else 'vp'} models, the objective is "
+                            f"{self.objective}")
+
 
 @dataclass
 class SampleConfig:
@@ -158,10 +202,92 @@ class DiTExperiment:
     vae: str = "checkpoints/ldlm-e2e-smollm2"  # exported VAE (training output, pipeline, or VAE folder + tokenizer/)
     init: Optional[str] = None  # a pipeline folder whose transformer weights start training (same shape)
     data: DiTDataConfig = field(default_factory=DiTDataConfig)
-    model: DiTModelConfig = field(default_factory=DiTModelConfig)
+    model: PresetConfig = field(default_factory=PresetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/dit", lr=3e-4))
+
+    def __post_init__(self) -> None:
+        check_preset(LatentDiT, self.model)
+
+
+@dataclass
+class ARDataConfig:
+    train: list[CorpusConfig] = field(default_factory=lambda: [CorpusConfig()])
+    max_tokens: int = 80  # predicted positions per window (the DiT's 5 blocks of 16); longer documents are cropped
+    val_fraction: float = 0.02  # the same document-level split as the DiT's for the same corpus and seed
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class ARSampleConfig:
+    every: int = 500  # write unconditional samples to samples.jsonl every N steps (0: never)
+    num_samples: int = 4
+    max_new_tokens: int = 80
+    top_p: float = 1.0
+
+
+@dataclass
+class ARExperiment:
+    vae: str = "checkpoints/ldlm-e2e-smollm2"  # VAE or pipeline folder: its tokenizer and fixed token table are used
+    data: ARDataConfig = field(default_factory=ARDataConfig)
+    model: PresetConfig = field(default_factory=PresetConfig)
+    sample: ARSampleConfig = field(default_factory=ARSampleConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/ar", lr=3e-4))
+
+    def __post_init__(self) -> None:
+        if self.data.max_tokens < 1:
+            raise LdlmError(f"data.max_tokens must be positive, got {self.data.max_tokens}")
+        if not 0 < self.sample.top_p <= 1:
+            raise LdlmError(f"sample.top_p must lie in (0, 1], got {self.sample.top_p}")
+        check_preset(CausalLM, self.model)
+
+
+@dataclass
+class ClassifierDataConfig:
+    path: str = "../shared/data/e2e/train.jsonl"  # multilabel: E2E JSON lines {"mr", "text"}; tagging: Brown docs
+    max_blocks: int = 5  # window length in blocks; shorter texts are padded with end-of-text block latents
+    holdout_every: int = 10  # validation: every n-th distinct MR (multilabel) or document (tagging), never trained on
+    min_label_count: int = 5  # multilabel: labels seen fewer times in the file are dropped
+    noise_prob: float = 0.5  # share of training batches whose latents get Gaussian noise ...
+    noise_std: float = 0.5  # ... of a per-window σ drawn uniformly in [0, noise_std]
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.holdout_every < 2:
+            raise LdlmError(f"data.holdout_every must be at least 2, got {self.holdout_every}")
+        if self.max_blocks < 1:
+            raise LdlmError(f"data.max_blocks must be positive, got {self.max_blocks}")
+        if not 0 <= self.noise_prob <= 1 or self.noise_std < 0:
+            raise LdlmError("data.noise_prob must lie in [0, 1] and data.noise_std be non-negative")
+
+
+@dataclass
+class ClassifierModelConfig:
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise LdlmError(f"model.hidden_size {self.hidden_size} is not a multiple of model.num_heads "
+                            f"{self.num_heads}")
+
+
+@dataclass
+class ClassifierExperiment:
+    vae: str = "checkpoints/ldlm-e2e-smollm2"  # the VAE whose standardized latents the classifier reads
+    task: str = "multilabel"  # multilabel (E2E content labels) | tagging (a coarse POS tag per token)
+    data: ClassifierDataConfig = field(default_factory=ClassifierDataConfig)
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/classifier", max_steps=1500,
+                                                                   val_every=500, checkpoint_every=500))
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise LdlmError(f"task must be one of {', '.join(TASKS)}, got '{self.task}'")
 
 
 def _describe(err: OmegaConfBaseException) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ldlm.postags import split_words
+from ldlm.pipelines.text import split_words
 
 
 class TokenScores:
@@ -32,9 +32,7 @@ class TokenScores:
         self.sq_norms = self.table.pow(2).sum(-1)
 
     def _states(self, x0: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        blocks = self.vae.unstandardize(x0).reshape(-1, cfg.latents_per_block, cfg.latent_channels)
-        return self.vae.decoder_states(blocks.to(self.vae.dtype)).float().reshape(len(x0), -1, cfg.d_embed)
+        return self.vae.sequence_states(x0).float()
 
     def __call__(self, x0: torch.Tensor) -> dict[int, torch.Tensor]:
         """Log-probability (B, P) of each required token id at every position."""
@@ -169,14 +167,16 @@ class TaggingControl(Control):
         unknown = sorted({t for t in self.tags if t is not None and t not in labels})
         if unknown:
             raise ValueError(f"tags {unknown} are not among the tagger's labels {labels}")
-        self.targets = torch.tensor([-100 if t is None else labels.index(t) for t in self.tags])
+        self.targets = torch.tensor([0 if t is None else labels.index(t) for t in self.tags])
+        self.tagged = torch.tensor([t is not None for t in self.tags])
 
     def score(self, pipe, x0: torch.Tensor, logp: dict[int, torch.Tensor]) -> torch.Tensor:
         logits = self.tagger.to(x0.device)(x0.to(self.tagger.dtype)).float()
         width = min(len(self.targets), logits.shape[1])
         targets = self.targets[:width].to(logits.device).expand(len(logits), -1)
-        nll = F.cross_entropy(logits[:, :width].transpose(1, 2), targets, ignore_index=-100, reduction="none")
-        return -nll.sum(1) / (targets != -100).sum(1).clamp(min=1)
+        tagged = self.tagged[:width].to(logits.device).expand(len(logits), -1)
+        nll = F.cross_entropy(logits[:, :width].transpose(1, 2), targets, reduction="none") * tagged
+        return -nll.sum(1) / tagged.sum(1).clamp(min=1)
 
     def accuracy(self, text: str) -> float:
         """Share of target word tags matched, position by position, by the judge's tags of the text's words."""

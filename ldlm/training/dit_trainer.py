@@ -2,25 +2,25 @@
 from __future__ import annotations
 
 import copy
-import json
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
-from omegaconf import OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ldlm.checkpoint_io import atomic_dir
-from ldlm.config import DiTExperiment
+from ldlm.data.latent_windows import LatentDataModule
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import DiffusionObjective, make_scheduler
 from ldlm.errors import LdlmError
-from ldlm.latents import LatentDataModule, load_vae
-from ldlm.optim import adamw_warmup_cosine
-from ldlm.pipeline import LatentDiffusionLMPipeline
-from ldlm.trainer import fit
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
+from ldlm.pipelines.loading import load_vae
+from ldlm.training.checkpoint_io import atomic_dir, load_tree
+from ldlm.training.config import DiTExperiment, build_preset
+from ldlm.training.optim import adamw_warmup_cosine
+from ldlm.training.runner import Job, SampleTexts, run
 
 BUCKETS = 4  # the loss is also logged per quarter of the timestep range
 
@@ -125,48 +125,14 @@ class LatentDiTModule(L.LightningModule):
         return adamw_warmup_cosine(self.transformer, self.train_cfg, betas=(0.9, 0.99))
 
 
-class SampleTexts(L.Callback):
-    """Every ``every`` steps, decode a few unconditional samples of the EMA model and append them to
-    ``samples.jsonl`` (all ranks sample, so sharded models work; rank 0 writes)."""
-
-    def __init__(self, pipeline: LatentDiffusionLMPipeline, path: Path, every: int, num_samples: int,
-                 steps: int) -> None:
-        self.pipeline, self.path, self.every, self.num_samples, self.steps = pipeline, path, every, num_samples, steps
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: LatentDiTModule, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if not self.every or step % self.every:
-            return
-        self.pipeline.transformer = module.ema
-        self.pipeline.vae.to(module.device)
-        self.pipeline.set_progress_bar_config(disable=True)
-        generator = torch.Generator(device=module.device).manual_seed(0)
-        texts = self.pipeline(batch_size=self.num_samples, num_inference_steps=self.steps, generator=generator).texts
-        if trainer.is_global_zero:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": step, "texts": texts}) + "\n")
-            print(f"step {step} samples: " + " | ".join(t[:80] for t in texts[:2]), flush=True)
-
-
-def build_transformer(cfg: DiTExperiment, latent_channels: int, latents_per_block: int) -> LatentDiT:
-    m, d = cfg.model, cfg.diffusion
-    presets = {"tiny": LatentDiT.tiny, "small": LatentDiT.small, "base": LatentDiT.base, "large": LatentDiT.large}
-    if m.preset not in presets:
-        raise LdlmError(f"model.preset must be one of {', '.join(presets)}, got '{m.preset}'")
-    overrides = {k: getattr(m, k) for k in ("hidden_size", "num_layers", "num_heads") if getattr(m, k) is not None}
-    return presets[m.preset](latent_channels=latent_channels, latents_per_block=latents_per_block,
-                             max_blocks=cfg.data.max_blocks, mlp_ratio=m.mlp_ratio, objective=d.objective,
-                             prediction_type=d.prediction_type, beta_schedule=d.beta_schedule,
-                             num_train_timesteps=d.num_train_timesteps, **overrides)
-
-
 def load_transformer_weights(transformer: LatentDiT, pipeline: str) -> None:
     """Start from the transformer weights of an exported pipeline, which must have the same shape."""
     folder = Path(pipeline) / "transformer"
     if not (folder / "config.json").is_file():
         raise LdlmError(f"init: {pipeline} holds no transformer/ folder")
     trained = LatentDiT.from_pretrained(folder)
-    diff = sorted(k for k in transformer.config if not k.startswith("_") and trained.config.get(k) != transformer.config[k])
+    diff = sorted(k for k in transformer.config
+                  if not k.startswith("_") and trained.config.get(k) != transformer.config[k])
     if diff:
         raise LdlmError(f"init: the transformer in {pipeline} differs from the configured one in {', '.join(diff)}")
     transformer.load_state_dict(trained.state_dict())
@@ -199,51 +165,41 @@ class FSDP2Strategy(ModelParallelStrategy):
         return checkpoint
 
 
-def _full_state(module: LatentDiTModule, trainer: L.Trainer) -> dict[str, torch.Tensor]:
-    """The EMA weights, gathered from all ranks when sharded."""
-    if _sharded(trainer):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(module.ema, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in module.ema.state_dict().items()}
-
-
-def _sharded(trainer: L.Trainer) -> bool:
-    return isinstance(trainer.strategy, ModelParallelStrategy)
-
-
 def train_dit(cfg: DiTExperiment, callbacks: list[L.Callback] = ()) -> Path | None:
-    """Train a LatentDiT from a validated config; export the pipeline (EMA weights) to ``output_dir/pipeline``.
-    Returns its path on the first process (None on the others)."""
-    L.seed_everything(cfg.train.seed, workers=True)
+    """Train a LatentDiT (see :func:`ldlm.training.runner.run`); export the pipeline with the EMA weights to
+    ``output_dir/pipeline`` and return its path on the first process (None on the others)."""
+    return run(cfg, _prepare, callbacks)
+
+
+def _prepare(cfg: DiTExperiment, out: Path) -> Job:
     d = cfg.diffusion
-    try:
-        scheduler = make_scheduler(d.scheduler, d.num_train_timesteps, d.beta_schedule, d.prediction_type, d.shift)
-        DiffusionObjective(d.objective, d.prediction_type, timestep_sampling=d.timestep_sampling)
-    except (ValueError, NotImplementedError) as err:  # diffusers raises the latter for an unknown beta_schedule
-        raise LdlmError(f"config error in diffusion: {str(err).splitlines()[0]}") from None
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml")
+    scheduler = make_scheduler(d.scheduler, d.num_train_timesteps, d.beta_schedule, d.prediction_type, d.shift)
     vae, tokenizer = load_vae(cfg.vae)
-    transformer = build_transformer(cfg, vae.config.latent_channels, vae.config.latents_per_block)
+    transformer = build_preset(LatentDiT, cfg.model, latent_channels=vae.config.latent_channels,
+                               latents_per_block=vae.config.latents_per_block, max_blocks=cfg.data.max_blocks,
+                               objective=d.objective, prediction_type=d.prediction_type, beta_schedule=d.beta_schedule,
+                               num_train_timesteps=d.num_train_timesteps)
     if cfg.init is not None:
         load_transformer_weights(transformer, cfg.init)
     pipeline = LatentDiffusionLMPipeline(vae, transformer, scheduler, tokenizer)
-    try:
-        pipeline.objective()
-    except ValueError as err:
-        raise LdlmError(f"diffusion.scheduler does not fit diffusion.objective: {err}") from None
-    data = LatentDataModule(cfg.data, vae, tokenizer, cfg.train.batch_size)
-    module = LatentDiTModule(transformer, OmegaConf.to_container(cfg))
-    samples = SampleTexts(pipeline, out / "samples.jsonl", cfg.sample.every, cfg.sample.num_samples, cfg.sample.steps)
-    trainer = fit(module, data, cfg.train, out, [samples, *callbacks], _strategy(cfg))
-    state = _full_state(module, trainer)
-    if trainer.is_global_zero:
-        export = LatentDiT.from_config(transformer.config)
-        export.load_state_dict(state)
-        pipeline = LatentDiffusionLMPipeline(vae.cpu(), export, scheduler, tokenizer)
+    pipeline.set_progress_bar_config(disable=True)
+
+    def sample(module: LatentDiTModule) -> list[str]:
+        pipeline.transformer = module.ema
+        pipeline.vae.to(module.device)
+        generator = torch.Generator(device=module.device).manual_seed(0)
+        return pipeline(batch_size=cfg.sample.num_samples, num_inference_steps=cfg.sample.steps,
+                        generator=generator).texts
+
+    def export() -> Path:
+        """The EMA weights of the final checkpoint (written whole, however the model was sharded)."""
+        state = load_tree(out / "checkpoints" / "last.safetensors")["state_dict"]
+        model = LatentDiT.from_config(transformer.config)
+        model.load_state_dict({k.removeprefix("ema."): v for k, v in state.items() if k.startswith("ema.")})
         with atomic_dir(out / "pipeline") as tmp:
-            pipeline.save_pretrained(tmp)
+            LatentDiffusionLMPipeline(vae.cpu(), model, scheduler, tokenizer).save_pretrained(tmp)
         return out / "pipeline"
-    return None
+
+    data = LatentDataModule(cfg.data, vae, tokenizer, cfg.train.batch_size)
+    samples = SampleTexts(sample, out / "samples.jsonl", cfg.sample.every)
+    return Job(LatentDiTModule(transformer, asdict(cfg)), data, export, [samples], _strategy(cfg))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -11,26 +10,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ldlm.align.cache import ShardCache, cache_key
 from ldlm.align.registry import cache_root
-from ldlm.align.teacher import load_tokenizer
-from ldlm.config import DiTDataConfig
-from ldlm.data import (make_loader, pad_id_of, split_documents, to_blocks, tokenizer_fingerprint,
-                       training_documents)
-from ldlm.errors import LdlmError
+from ldlm.data.token_blocks import make_loader, split_documents, to_blocks, tokenizer_fingerprint, training_documents
+from ldlm.training.config import DiTDataConfig
 from ldlm.vae.model import TextVAE
-
-
-def load_vae(path: str | Path) -> tuple[TextVAE, object]:
-    """A frozen VAE and its tokenizer from a VAE training output or pipeline folder (``vae/`` + ``tokenizer/``) or
-    a VAE folder holding ``tokenizer/``."""
-    root = Path(path)
-    folder = root / "vae" if (root / "vae" / "config.json").is_file() else root
-    if not (folder / "config.json").is_file() or not (root / "tokenizer").is_dir():
-        raise LdlmError(f"{path} holds no exported VAE with a tokenizer/ folder")
-    vae = TextVAE.from_pretrained(folder).float().eval().requires_grad_(False)
-    tokenizer = load_tokenizer(str(root / "tokenizer"))
-    if pad_id_of(tokenizer) != vae.config.pad_token_id or tokenizer.eos_token_id != vae.config.eos_token_id:
-        raise LdlmError(f"the tokenizer in {path} does not match its VAE (pad/EOS ids)")
-    return vae, tokenizer
 
 
 def vae_fingerprint(vae: TextVAE) -> str:
@@ -41,17 +23,6 @@ def vae_fingerprint(vae: TextVAE) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-@torch.no_grad()
-def end_block_latents(vae: TextVAE) -> torch.Tensor:
-    """Standardized latents (K, C) of a block holding only EOS: what follows the end of a document."""
-    cfg = vae.config
-    ids = torch.full((1, cfg.block_length), cfg.pad_token_id, dtype=torch.long)
-    ids[0, 0] = cfg.eos_token_id
-    mask = torch.zeros_like(ids)
-    mask[0, 0] = 1
-    return vae.standardize(vae.encode(ids.to(vae.device), mask.to(vae.device)))[0].cpu()
 
 
 @torch.no_grad()
@@ -71,7 +42,7 @@ def document_latents(vae: TextVAE, tokenizer, documents: list[list[int]], shard_
         for start in range(0, len(blocks), batch_size):
             ids = blocks.input_ids[start : start + batch_size].to(vae.device)
             mask = blocks.attention_mask[start : start + batch_size].to(vae.device)
-            out.append(vae.standardize(vae.encode(ids, mask)).cpu())
+            out.append(vae.encode_sequence(ids, mask).cpu())
         counts = torch.bincount(blocks.doc_id, minlength=len(docs))
         return {"latents": torch.cat(out).reshape(-1, cfg.latent_channels), "blocks": counts}
 
@@ -123,7 +94,7 @@ class LatentDataModule(L.LightningDataModule):
             return
         if self._latents is None:  # a process that did not prepare the data reads the cache
             self.prepare_data()
-        latents, end = self._latents, end_block_latents(self.vae)
+        latents, end = self._latents, self.vae.end_block_latents()
         train, val = split_documents(len(latents), self.cfg.val_fraction, self.cfg.seed)
         self.train_set = LatentWindows([latents[i] for i in train], end, self.cfg.max_blocks)
         self.val_set = LatentWindows([latents[i] for i in val], end, self.cfg.max_blocks, crop=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from ldlm.metrics import adjacent_duplicate_rate, novel_ngram_rate
+from ldlm.evaluation.metrics import adjacent_duplicate_rate, novel_ngram_rate
 
 
 def _position_counts(sequences: list[list[int]], position: int, block_length: int) -> Counter:

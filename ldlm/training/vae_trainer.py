@@ -2,24 +2,24 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from ldlm.align.losses import AlignmentHead, AlignmentSchedule, repa_loss, vavae_loss
-from ldlm.align.teacher import FrozenTeacher, load_tokenizer
-from ldlm.checkpoint_io import atomic_dir
-from ldlm.config import VAEExperiment
-from ldlm.data import BlockDataModule, latent_mask, pad_id_of
+from ldlm.align.teacher import FrozenTeacher, load_tokenizer, pad_id_of
+from ldlm.data.token_blocks import BlockDataModule, latent_mask
 from ldlm.errors import LdlmError
-from ldlm.latents import load_vae
-from ldlm.trainer import fit
-from ldlm.optim import adamw_warmup_cosine
+from ldlm.pipelines.loading import load_vae
+from ldlm.training.checkpoint_io import atomic_dir
+from ldlm.training.config import VAEExperiment
+from ldlm.training.optim import adamw_warmup_cosine
+from ldlm.training.runner import Job, run
 from ldlm.vae.model import TextVAE
 
 
@@ -147,8 +147,6 @@ def start_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
 def check_init(cfg: VAEExperiment) -> None:
     """The VAE in ``cfg.init`` must fit the configured blocks and latents (checked before any heavy work)."""
     if cfg.init is None:
-        if cfg.model.freeze_encoder:
-            raise LdlmError("model.freeze_encoder needs init: a trained VAE whose encoder to keep")
         return
     folder = Path(cfg.init) / "vae" if (Path(cfg.init) / "vae").is_dir() else Path(cfg.init)
     if not (folder / "config.json").is_file():
@@ -160,17 +158,14 @@ def check_init(cfg: VAEExperiment) -> None:
             raise LdlmError(f"init: the VAE in {cfg.init} has {key}={saved.get(key)}, the config {value}")
 
 
-def train_vae(cfg: VAEExperiment) -> Path:
-    """Train a TextVAE from a validated config; export it to ``output_dir/vae`` (diffusers layout)."""
-    L.seed_everything(cfg.train.seed, workers=True)
-    if cfg.data.block_length % cfg.model.latents_per_block:
-        raise LdlmError("data.block_length must be a multiple of model.latents_per_block")
-    if cfg.align.loss not in ("repa", "vavae"):
-        raise LdlmError(f"align.loss must be 'repa' or 'vavae', got '{cfg.align.loss}'")
+def train_vae(cfg: VAEExperiment) -> Path | None:
+    """Train a TextVAE (see :func:`ldlm.training.runner.run`); export it with its tokenizer to ``output_dir/vae``
+    (diffusers layout) and return that path on the first process (None on the others)."""
     check_init(cfg)
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml")
+    return run(cfg, _prepare)
+
+
+def _prepare(cfg: VAEExperiment, out: Path) -> Job:
     tokenizer = load_tokenizer(cfg.teacher.name, cfg.teacher.gguf_file)
     aligned = cfg.align.weight > 0
     teacher = FrozenTeacher(cfg.teacher.name, list(cfg.teacher.layers) if aligned else [0],
@@ -179,12 +174,11 @@ def train_vae(cfg: VAEExperiment) -> Path:
                            teacher if aligned else None, cfg.teacher)
     data.setup()
     data.teacher = None  # features are cached; free the teacher's layers
-    vae = start_vae(cfg, tokenizer, teacher)
-    module = TextVAEModule(vae, OmegaConf.to_container(cfg), data.seen_tokens(),
+    module = TextVAEModule(start_vae(cfg, tokenizer, teacher), asdict(cfg), data.seen_tokens(),
                            teacher.hidden_size if aligned else None)
     del teacher
-    trainer = fit(module, data, cfg.train, out)
-    if trainer.is_global_zero:
+
+    def export() -> Path:
         vae = module.vae.cpu()
         if not cfg.model.freeze_encoder:  # a frozen encoder keeps the code, and so its statistics
             measure_latent_stats(vae, data.train_set)
@@ -192,4 +186,6 @@ def train_vae(cfg: VAEExperiment) -> Path:
             vae.save_pretrained(tmp)
         with atomic_dir(out / "tokenizer") as tmp:
             tokenizer.save_pretrained(tmp)
-    return out / "vae"
+        return out / "vae"
+
+    return Job(module, data, export)

@@ -14,6 +14,9 @@ from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import DiffusionObjective
 from ldlm.vae.model import TextVAE
 
+Layout = list[list[int] | None]  # per block of a window: its fixed token ids (all L, or a held prefix) or None
+StepCallback = Callable[["LatentDiffusionLMPipeline", int, torch.Tensor, dict], dict]  # (pipe, i, t, tensors) → updates
+
 
 @dataclass
 class LatentDiffusionLMOutput(BaseOutput):
@@ -30,9 +33,9 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
     A prompt's complete blocks become clean context latents; a trailing partial block is generated with its first
     tokens held to the prompt (each step's clean estimate is decoded, the prompt tokens written back, and the block
     re-encoded). ``guidance_scale > 1`` applies classifier-free guidance against the null context, so it acts only
-    when a prompt has at least one complete block. ``guidance`` (e.g. ``ldlm.guidance.GradientGuidance``) steers
-    every step's clean estimate by gradients; ``infill`` fixes any blocks; ``ldlm.longgen.LongGeneration`` goes on
-    block by block past the window.
+    when a prompt has at least one complete block. ``guidance`` (e.g. ``ldlm.pipelines.guidance.GradientGuidance``)
+    steers every step's clean estimate by gradients; ``infill`` fixes any blocks; ``LongGeneration`` goes on block by
+    block past the window. All three run :meth:`denoise`.
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -46,17 +49,26 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         if isinstance(value, (TextVAE, LatentDiT)):
             # diffusers takes the `dit` of `ldlm.dit.model` for its own DiT pipeline folder: record the true module
             self.register_to_config(**{name: (type(value).__module__, type(value).__name__)})
+        if name in ("scheduler", "transformer"):
+            super().__setattr__("_objective", None)  # built again, and checked, on next use
 
+    @property
     def objective(self) -> DiffusionObjective:
-        """The objective of the current scheduler; it must be the one the transformer was trained with."""
+        """The objective the scheduler samples, built once per scheduler and transformer; it must be the one the
+        transformer was trained with (ValueError otherwise)."""
+        if self._objective is None:
+            self._objective = self._check_scheduler()
+        return self._objective
+
+    def _check_scheduler(self) -> DiffusionObjective:
         if self.scheduler.config.get("clip_sample") or self.scheduler.config.get("thresholding"):
             raise ValueError(f"{type(self.scheduler).__name__} clips clean-latent estimates (clip_sample/"
                              "thresholding); standardized latents need clip_sample=False, thresholding=False")
         objective = DiffusionObjective.from_scheduler(self.scheduler)
         cfg = self.transformer.config
         trained = "flow_prediction" if cfg.objective == "flow" else cfg.prediction_type
-        if (objective.objective, objective.prediction_type) != (cfg.objective, trained):
-            raise ValueError(f"scheduler {type(self.scheduler).__name__} samples a {objective.objective}/"
+        if (objective.family, objective.prediction_type) != (cfg.objective, trained):
+            raise ValueError(f"scheduler {type(self.scheduler).__name__} samples a {objective.family}/"
                              f"{objective.prediction_type} model, but the transformer was trained as {cfg.objective}/"
                              f"{trained}")
         schedule = self.scheduler.config.get("beta_schedule", cfg.beta_schedule) if cfg.objective == "vp" else None
@@ -67,53 +79,39 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                              f"{cfg.beta_schedule} over {cfg.num_train_timesteps} (build it with from_config)")
         return objective
 
-    def check_inputs(self, prompt, num_blocks: int, num_samples: int, output_type: str) -> None:
-        max_blocks = self.transformer.config.max_blocks
-        if not isinstance(num_blocks, int) or not 1 <= num_blocks <= max_blocks:
-            raise ValueError(f"num_blocks must be an integer in 1..{max_blocks}, got {num_blocks!r}")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples_per_prompt must be a positive integer, got {num_samples!r}")
+    def check_inputs(self, num_inference_steps: int, guidance_scale: float, guidance, num_samples_per_prompt: int = 1,
+                     output_type: str = "text") -> None:
+        """ValueError for the arguments every entry point shares, and for a scheduler that does not fit the
+        transformer (see :attr:`objective`)."""
+        if not isinstance(num_samples_per_prompt, int) or num_samples_per_prompt < 1:
+            raise ValueError(f"num_samples_per_prompt must be a positive integer, got {num_samples_per_prompt!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a non-negative number, got {guidance_scale!r}")
+        if guidance is not None and not callable(guidance):
+            raise ValueError("guidance must be callable as guidance(pipe, x0, t), e.g. "
+                             "ldlm.pipelines.guidance.GradientGuidance")
         if output_type not in ("text", "latent"):
             raise ValueError(f"output_type must be 'text' or 'latent', got {output_type!r}")
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if prompts is not None and (not isinstance(prompts, list) or not prompts
-                                    or not all(isinstance(p, str) for p in prompts)):
-            raise ValueError("prompt must be a string or a non-empty list of strings")
+        _ = self.objective
 
-    def _prompt_ids(self, prompts: list[str], num_blocks: int) -> list[list[int]]:
-        capacity = num_blocks * self.vae.config.block_length
-        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        for text, row in zip(prompts, ids):
-            if len(row) >= capacity:
-                raise ValueError(f"prompt of {len(row)} tokens leaves no room in {num_blocks} blocks "
-                                 f"({capacity} tokens): raise num_blocks or shorten {text[:40]!r}")
-        return ids
-
-    def _encode_blocks(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Standardized latents (B·K, C) of token blocks (B, L)."""
-        latents = self.vae.standardize(self.vae.encode(ids, mask)).float()  # the sampler state is fp32
-        return latents.reshape(-1, self.vae.config.latent_channels)
-
-    def _context(self, prompt_ids: list[list[int]], n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean latents and mask (B, N) of each prompt's complete blocks."""
-        cfg = self.vae.config
-        context = torch.zeros(len(prompt_ids), n, cfg.latent_channels, device=device)
-        mask = torch.zeros(len(prompt_ids), n, dtype=torch.bool, device=device)
-        for row, ids in enumerate(prompt_ids):
-            full = len(ids) // cfg.block_length
-            if full:
-                blocks = torch.tensor(ids[: full * cfg.block_length], device=device).view(full, -1)
-                context[row, : full * cfg.latents_per_block] = self._encode_blocks(blocks, torch.ones_like(blocks))
-                mask[row, : full * cfg.latents_per_block] = True
-        return context, mask
-
-    def _prompt_layout(self, prompt_ids: list[list[int]], n: int, device):
-        """Clean context latents and mask (B, N) of each prompt's complete blocks, and the tokens each row holds at
-        the start of its trailing partial block (``{block: ids}``)."""
-        length = self.vae.config.block_length
-        held = [{len(ids) // length: ids[len(ids) // length * length :]} if len(ids) % length else {}
-                for ids in prompt_ids]
-        return *self._context(prompt_ids, n, device), held
+    def encode_layout(self, blocks: Layout) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[int]]]:
+        """Known standardized latents (N, C) and their mask (N,) for a window of ``blocks``, N = blocks·K: complete
+        blocks are encoded (together, in order); a shorter block's tokens are held at its start (returned as
+        ``{block: ids}`` for :meth:`denoise`); None blocks are generated."""
+        cfg, device = self.vae.config, self._execution_device
+        k = cfg.latents_per_block
+        known = torch.zeros(len(blocks) * k, cfg.latent_channels, device=device)
+        known_mask = torch.zeros(len(blocks) * k, dtype=torch.bool, device=device)
+        full = [i for i, ids in enumerate(blocks) if ids is not None and len(ids) == cfg.block_length]
+        if full:
+            ids = torch.tensor([blocks[i] for i in full], device=device)
+            spans = torch.tensor([i * k + j for i in full for j in range(k)], device=device)
+            known[spans] = self.vae.encode_sequence(ids.view(1, -1))[0]
+            known_mask[spans] = True
+        held = {i: ids for i, ids in enumerate(blocks) if ids is not None and len(ids) < cfg.block_length}
+        return known, known_mask, held
 
     def _hold_tokens(self, x0: torch.Tensor, held: list[dict[int, list[int]]]) -> torch.Tensor:
         """Write the held tokens at the start of their blocks into the clean estimate (decode, overwrite,
@@ -124,26 +122,14 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         for row, blocks in enumerate(held):
             for index, ids in blocks.items():
                 span = slice(index * k, (index + 1) * k)
-                block = self.vae.decode_ids(self.vae.unstandardize(x0[row, span]).to(self.vae.dtype)[None])[0]
+                block = self.vae.decode_sequence(x0[row : row + 1, span])[0]
                 block[: len(ids)] = torch.tensor(ids, device=block.device)
                 eos = (block == cfg.eos_token_id).nonzero()
                 mask = torch.ones_like(block)
                 if len(eos):
                     mask[int(eos[0]) + 1 :] = 0
-                x0[row, span] = self._encode_blocks(block[None], mask[None])
+                x0[row, span] = self.vae.encode_sequence(block[None], mask[None])[0]
         return x0
-
-    def _texts(self, latents: torch.Tensor, prompt_ids: list[list[int]] | None) -> list[str]:
-        cfg = self.vae.config
-        ids = self.vae.decode_ids(latents.reshape(-1, cfg.latents_per_block, cfg.latent_channels).to(self.vae.dtype))
-        ids = ids.reshape(len(latents), -1).tolist()
-        texts = []
-        for row, flat in enumerate(ids):
-            prefix = prompt_ids[row] if prompt_ids else []
-            rest = flat[len(prefix):]
-            rest = rest[: rest.index(cfg.eos_token_id)] if cfg.eos_token_id in rest else rest
-            texts.append(self.tokenizer.decode(prefix + rest, skip_special_tokens=True))
-        return texts
 
     def _renoise(self, x0: torch.Tensor, t: torch.Tensor, generator) -> torch.Tensor:
         """Known clean latents noised to the scheduler's level at ``t``, in its sample space (replacement)."""
@@ -152,7 +138,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             return self.scheduler.scale_noise(x0, t[None], noise)
         return self.scheduler.add_noise(x0, noise, t[None])
 
-    def _denoise(
+    @torch.no_grad()
+    def denoise(
         self,
         known: torch.Tensor,
         known_mask: torch.Tensor,
@@ -162,23 +149,31 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
         replace: bool = False,
-        callback_on_step_end: Callable | None = None,
+        latents: torch.Tensor | None = None,
+        callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> torch.Tensor:
-        """Sample standardized latents (B, N, C) given ``known`` latents where ``known_mask`` is set: as flagged clean
-        context (default; CFG applies), or re-noised into the sample at every step (``replace``). ``held`` tokens
-        are written into the clean estimate of their blocks at every step; ``guidance(pipe, x0, t)`` returns an
-        improved clean estimate (gradient guidance)."""
-        objective = self.objective()
+        """Sample standardized latents (B, N, C) given ``known`` standardized latents (B, N, C) where ``known_mask``
+        (B, N) is set: as flagged clean context (default; classifier-free guidance applies), or re-noised into the
+        sample at every step (``replace``). ``held[b]`` maps a block of row ``b`` to token ids written at its start
+        into every clean estimate. ``guidance(pipe, x0, t)`` returns an improved clean estimate (gradient guidance).
+        ``latents``: the starting noise (B, N, C), drawn from ``generator`` when None.
+        ``callback_on_step_end(pipe, i, t, {name: value})`` sees the step's locals named in
+        ``callback_on_step_end_tensor_inputs`` after each step and may return new ``latents``."""
+        self.check_inputs(num_inference_steps, guidance_scale, guidance)
+        objective = self.objective
         held = held if held and any(held) else None  # rows with nothing held are no work
         b, n, c = known.shape
         device = known.device
+        if latents is not None and latents.shape != (b, n, c):
+            raise ValueError(f"latents must have the shape {(b, n, c)} of the window, got {tuple(latents.shape)}")
         flagged = torch.zeros_like(known_mask) if replace else known_mask
         guided = guidance_scale > 1 and bool(flagged.any())
         dtype = self.transformer.dtype  # the model runs in its dtype; the sampler state stays fp32
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = randn_tensor((b, n, c), generator=generator, device=device, dtype=torch.float32)
-        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
+        if latents is None:
+            latents = randn_tensor((b, n, c), generator=generator, device=device, dtype=torch.float32)
+        latents = latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
         accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         step_kwargs = {"generator": generator} if accepts_generator else {}
         scales_input = hasattr(self.scheduler, "scale_model_input")
@@ -217,14 +212,6 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         latents = torch.where(known_mask[..., None], known, latents)
         return self._hold_tokens(latents, held) if held else latents
 
-    def _check_sampling(self, num_inference_steps: int, guidance_scale: float, guidance) -> None:
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a non-negative number, got {guidance_scale!r}")
-        if guidance is not None and not callable(guidance):
-            raise ValueError("guidance must be callable as guidance(pipe, x0, t), e.g. ldlm.guidance.GradientGuidance")
-
     @torch.no_grad()
     def __call__(
         self,
@@ -236,37 +223,49 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         batch_size: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str = "text",
-        callback_on_step_end: Callable[["LatentDiffusionLMPipeline", int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
         return_dict: bool = True,
     ) -> LatentDiffusionLMOutput | tuple:
-        """Generate ``num_samples_per_prompt`` texts per prompt (or ``batch_size`` unconditional texts, default 1)
-        of ``num_blocks`` blocks (default: the transformer's window), prompt included. ``guidance`` steers the
-        sample by gradients (see ``ldlm.guidance.GradientGuidance``)."""
+        """Generate ``num_samples_per_prompt`` texts per prompt (or per each of ``batch_size`` unconditional rows,
+        default 1) of ``num_blocks`` blocks (default: the transformer's window), prompt included. ``guidance``,
+        ``latents`` and the callback are as for :meth:`denoise`."""
         num_blocks = self.transformer.config.max_blocks if num_blocks is None else num_blocks
-        self.check_inputs(prompt, num_blocks, num_samples_per_prompt, output_type)
-        self._check_sampling(num_inference_steps, guidance_scale, guidance)
+        max_blocks = self.transformer.config.max_blocks
+        if not isinstance(num_blocks, int) or not 1 <= num_blocks <= max_blocks:
+            raise ValueError(f"num_blocks must be an integer in 1..{max_blocks}, got {num_blocks!r}")
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type)
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if prompts is not None and (not isinstance(prompts, list) or not prompts
+                                    or not all(isinstance(p, str) for p in prompts)):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
         if prompt is not None and batch_size is not None:
             raise ValueError("pass either prompt or batch_size, not both")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.objective()
-        device, cfg = self._execution_device, self.vae.config
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        n = num_blocks * cfg.latents_per_block
-        prompt_ids, held = None, None
-        if prompts is not None:
-            prompt_ids = [ids for ids in self._prompt_ids(prompts, num_blocks) for _ in range(num_samples_per_prompt)]
-            context, context_mask, held = self._prompt_layout(prompt_ids, n, device)
+        if prompts is None:
+            layouts = [[None] * num_blocks] * (batch_size or 1)
         else:
-            b = (batch_size or 1) * num_samples_per_prompt
-            context = torch.zeros(b, n, cfg.latent_channels, device=device)
-            context_mask = torch.zeros(b, n, dtype=torch.bool, device=device)
-        latents = self._denoise(context, context_mask, held, num_inference_steps, guidance_scale, generator, guidance,
-                                callback_on_step_end=callback_on_step_end,
-                                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
-        return self._finish(latents, prompt_ids, output_type, return_dict)
+            layouts = self._prompt_layouts(prompts, num_blocks)
+        return self._generate(layouts, num_samples_per_prompt, output_type, return_dict,
+                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              generator=generator, guidance=guidance, latents=latents,
+                              callback_on_step_end=callback_on_step_end,
+                              callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+
+    def _prompt_layouts(self, prompts: list[str], num_blocks: int) -> list[Layout]:
+        """Each prompt's blocks (the last one possibly partial), then generated blocks up to ``num_blocks``."""
+        length = self.vae.config.block_length
+        layouts = []
+        for text, ids in zip(prompts, self.tokenizer(prompts, add_special_tokens=False)["input_ids"]):
+            if len(ids) >= num_blocks * length:
+                raise ValueError(f"prompt of {len(ids)} tokens leaves no room in {num_blocks} blocks "
+                                 f"({num_blocks * length} tokens): raise num_blocks or shorten {text[:40]!r}")
+            blocks = [ids[start : start + length] for start in range(0, len(ids), length)]
+            layouts.append(blocks + [None] * (num_blocks - len(blocks)))
+        return layouts
 
     @torch.no_grad()
     def infill(
@@ -274,19 +273,22 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         segments: list[str | None],
         gap_blocks: int = 1,
         method: str = "condition",
-        num_samples: int = 1,
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
+        num_samples_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str = "text",
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
         return_dict: bool = True,
     ) -> LatentDiffusionLMOutput | tuple:
         """Generate around fixed text: each string of ``segments`` is kept verbatim from the start of a block,
         each ``None`` becomes ``gap_blocks`` generated blocks, and the rest of a segment's last block is generated
         too, e.g. ``pipe.infill(["The Eagle is a coffee shop", None, "It is not family-friendly."])``. Complete
         fixed blocks enter as clean context (``method="condition"``) or are re-noised into the sample at every
-        step (``method="replace"``)."""
+        step (``method="replace"``). The other arguments are as for ``__call__``."""
         if method not in ("condition", "replace"):
             raise ValueError(f"method must be 'condition' or 'replace', got {method!r}")
         if not isinstance(gap_blocks, int) or gap_blocks < 1:
@@ -294,34 +296,17 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         if (not isinstance(segments, list) or not any(isinstance(s, str) for s in segments)
                 or not all(s is None or isinstance(s, str) for s in segments)):
             raise ValueError("segments must be a list of strings and None (gaps) with at least one string")
-        self.check_inputs(None, 1, num_samples, output_type)
-        self._check_sampling(num_inference_steps, guidance_scale, guidance)
-        blocks = self._infill_blocks(segments, gap_blocks)
-        device, cfg = self._execution_device, self.vae.config
-        k, n = cfg.latents_per_block, len(blocks) * cfg.latents_per_block
-        known = torch.zeros(1, n, cfg.latent_channels, device=device)
-        known_mask = torch.zeros(1, n, dtype=torch.bool, device=device)
-        full = [i for i, ids in enumerate(blocks) if ids is not None and len(ids) == cfg.block_length]
-        if full:
-            ids = torch.tensor([blocks[i] for i in full], device=device)
-            spans = torch.tensor([i * k + j for i in full for j in range(k)], device=device)
-            known[0, spans] = self._encode_blocks(ids, torch.ones_like(ids))
-            known_mask[0, spans] = True
-        held = [{i: ids for i, ids in enumerate(blocks) if ids is not None and len(ids) < cfg.block_length}]
-        latents = self._denoise(known.expand(num_samples, -1, -1), known_mask.expand(num_samples, -1),
-                                held * num_samples, num_inference_steps, guidance_scale,
-                                generator, guidance, replace=method == "replace")
-        latents = self.vae.unstandardize(latents).float()
-        texts = self._infill_texts(latents, blocks) if output_type == "text" else None
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return texts, latents
-        return LatentDiffusionLMOutput(texts=texts, latents=latents)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type)
+        return self._generate([self._infill_layout(segments, gap_blocks)], num_samples_per_prompt, output_type,
+                              return_dict, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              generator=generator, guidance=guidance, replace=method == "replace", latents=latents,
+                              callback_on_step_end=callback_on_step_end,
+                              callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
 
-    def _infill_blocks(self, segments: list[str | None], gap_blocks: int) -> list[list[int] | None]:
+    def _infill_layout(self, segments: list[str | None], gap_blocks: int) -> Layout:
         """Per block: its fixed tokens (all of them, or a prefix of a segment's last block), or None (generated)."""
         length, max_blocks = self.vae.config.block_length, self.transformer.config.max_blocks
-        blocks: list[list[int] | None] = []
+        blocks: Layout = []
         for i, segment in enumerate(segments):
             if segment is None:
                 blocks += [None] * gap_blocks
@@ -335,30 +320,36 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             raise ValueError(f"segments and gaps take {len(blocks)} blocks; the transformer holds {max_blocks}")
         return blocks
 
-    def _infill_texts(self, latents: torch.Tensor, blocks: list[list[int] | None]) -> list[str]:
-        """Fixed tokens verbatim, generated tokens up to their block's first EOS; after the last fixed block the
-        text ends at the first EOS."""
-        cfg = self.vae.config
-        ids = self.vae.decode_ids(latents.reshape(-1, cfg.latents_per_block, cfg.latent_channels).to(self.vae.dtype))
-        ids = ids.reshape(len(latents), len(blocks), -1).tolist()
-        last_fixed = max(i for i, fixed in enumerate(blocks) if fixed is not None)
-        texts = []
-        for row in ids:
-            out = []
-            for i, (decoded, fixed) in enumerate(zip(row, blocks)):
-                fixed = fixed or []
-                rest = decoded[len(fixed) :]
-                ended = cfg.eos_token_id in rest
-                out += fixed + (rest[: rest.index(cfg.eos_token_id)] if ended else rest)
-                if ended and i >= last_fixed:
-                    break
-            texts.append(self.tokenizer.decode(out, skip_special_tokens=True))
-        return texts
-
-    def _finish(self, latents: torch.Tensor, prompt_ids, output_type: str, return_dict: bool):
+    def _generate(self, layouts: list[Layout], num_samples: int, output_type: str, return_dict: bool,
+                  **sampling) -> LatentDiffusionLMOutput | tuple:
+        """Denoise ``num_samples`` rows per layout (known blocks encoded, partial blocks held), then decode."""
+        rows = [layout for layout in layouts for _ in range(num_samples)]
+        known, known_mask, held = zip(*(self.encode_layout(layout) for layout in layouts))
+        known = torch.stack(known).repeat_interleave(num_samples, 0)
+        known_mask = torch.stack(known_mask).repeat_interleave(num_samples, 0)
+        held = [blocks for blocks in held for _ in range(num_samples)]
+        latents = self.denoise(known, known_mask, held, **sampling)
+        texts = self._texts(self.vae.decode_sequence(latents), rows) if output_type == "text" else None
         latents = self.vae.unstandardize(latents).float()
-        texts = self._texts(latents, prompt_ids) if output_type == "text" else None
         self.maybe_free_model_hooks()
         if not return_dict:
             return texts, latents
         return LatentDiffusionLMOutput(texts=texts, latents=latents)
+
+    def _texts(self, ids: torch.Tensor, layouts: list[Layout]) -> list[str]:
+        """Fixed tokens verbatim, generated tokens up to their block's first EOS; after the last fixed block the
+        text ends at the first EOS."""
+        eos = self.vae.config.eos_token_id
+        texts = []
+        for row, layout in zip(ids.reshape(len(layouts), len(layouts[0]), -1).tolist(), layouts):
+            last_fixed = max((i for i, fixed in enumerate(layout) if fixed is not None), default=-1)
+            out = []
+            for i, (decoded, fixed) in enumerate(zip(row, layout)):
+                fixed = fixed or []
+                rest = decoded[len(fixed) :]
+                ended = eos in rest
+                out += fixed + (rest[: rest.index(eos)] if ended else rest)
+                if ended and i >= last_fixed:
+                    break
+            texts.append(self.tokenizer.decode(out, skip_special_tokens=True))
+        return texts

@@ -3,25 +3,24 @@ and training texts — gen-PPL, MAUVE, Div and distinct-n, repetition, memorizat
 marginal-trap diagnostics — plus the VAE's reconstruction accuracy and BLEU."""
 from __future__ import annotations
 
+import argparse
 import json
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
 
-from ldlm.corpus import read_corpus
-from ldlm.data import pad_id_of, to_blocks, tokenize
-from ldlm.diagnostics import frequency_collapse, marginal_trap
+from ldlm.data.corpus import read_corpus
 from ldlm.errors import LdlmError
-from ldlm.evaluate import reconstruction_metrics
-from ldlm.generate import SHIPPED, load_pipeline
-from ldlm.latents import load_vae
-from ldlm.metrics import (GenerativePerplexity, corpus_bleu, distinct_n, diversity, memorization, mauve_score,
-                          ngram_set, repetition_rate)
-from ldlm.vae.model import TextVAE
+from ldlm.evaluation.diagnostics import frequency_collapse, marginal_trap
+from ldlm.evaluation.metrics import (GenerativePerplexity, distinct_n, diversity, memorization, mauve_score,
+                                     repetition_rate)
+from ldlm.evaluation.reconstruction import vae_reconstruction
+from ldlm.pipelines.loading import SHIPPED, load_pipeline, load_vae
+from ldlm.pipelines.text import ngram_set
 
 REFERENCES = "references"
 GENERATION_BATCH = 100  # fixed, so a seed gives the same samples as benchmarks/generation_report.py
@@ -82,7 +81,7 @@ def evaluate_systems(
     ppl = GenerativePerplexity(ppl_model, device=device) if ppl_model is not None else None
     featurize, ref_features = None, None
     if mauve_features is not None and references is not None:
-        from ldlm.text_features import TextEncoder
+        from ldlm.evaluation.embeddings import TextEncoder
 
         featurize = TextEncoder(mauve_features, device=device)
         ref_features = featurize(references)
@@ -125,22 +124,6 @@ def evaluate_texts(texts: list[str], references: list[str] | None = None, train_
     return evaluate_systems({"generated": texts}, references, train_texts, reference_row=False, **options)["generated"]
 
 
-@torch.no_grad()
-def vae_reconstruction(vae: TextVAE, tokenizer, texts: list[str]) -> dict[str, float]:
-    """Greedy reconstruction of ``texts`` from their posterior means: token accuracy and exact blocks (as in
-    ``ldlm eval-vae``) and corpus BLEU-4 of the decoded texts against the inputs."""
-    blocks = to_blocks(tokenize(texts, tokenizer), vae.config.block_length, pad_id_of(tokenizer))
-    latents = vae.encode_text(texts, tokenizer)
-    by_length = defaultdict(list)
-    for i, z in enumerate(latents):
-        by_length[len(z)].append(i)
-    decoded = [""] * len(texts)
-    for index in by_length.values():
-        for i, text in zip(index, vae.decode_text(torch.stack([latents[i] for i in index]), tokenizer)):
-            decoded[i] = text
-    return {**reconstruction_metrics(vae, blocks), "bleu4": corpus_bleu(texts, decoded)}
-
-
 def read_samples(path: str) -> list[str]:
     """Samples from a JSON-lines file ({"text": ...} per line) or a text file (one sample per line)."""
     if Path(path).suffix.lower() in (".jsonl", ".json"):
@@ -164,14 +147,6 @@ def sample_texts(pipe, num_samples: int, steps: int, seed: int, batch_size: int 
     return texts
 
 
-def generate_samples(model: str | None, num_samples: int, steps: int, seed: int, device: str = "cpu") -> list[str]:
-    """Unconditional samples of a pipeline (default: the shipped one); see :func:`sample_texts`."""
-    try:
-        return sample_texts(load_pipeline(model).to(device), num_samples, steps, seed)
-    except ValueError as err:
-        raise LdlmError(str(err).splitlines()[0]) from None
-
-
 COLUMNS = {"gen_ppl": "gen-PPL", "mauve": "MAUVE", "diversity": "Div", "distinct_2": "distinct-2",
            "repetition_rate_4": "rep-4/text", "memorization_4": "memorized 4-grams",
            "adjacent_duplicate_rate": "dup. adjacent tokens", "novel_bigram_rate": "novel token bigrams",
@@ -189,63 +164,68 @@ def format_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _check_flags(num_samples: int, steps: int, num_references: int | None, ppl_model: str, mauve_features: str,
-                 top_k: int, device: str, output: str | None) -> None:
-    if mauve_features not in FEATURES:
-        raise LdlmError(f"--mauve-features must be one of {', '.join(FEATURES)}, got '{mauve_features}'")
-    for flag, value in (("--num-samples", num_samples), ("--steps", steps), ("--top-k", top_k),
-                        ("--num-references", num_references)):
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.mauve_features not in FEATURES:
+        raise LdlmError(f"--mauve-features must be one of {', '.join(FEATURES)}, got '{args.mauve_features}'")
+    for flag, value in (("--num-samples", args.num_samples), ("--steps", args.steps), ("--top-k", args.top_k),
+                        ("--num-references", args.num_references)):
         if value is not None and value < 1:
             raise LdlmError(f"{flag} must be a positive integer, got {value}")
-    if mauve_features == "teacher" and ppl_model == "none":
+    if args.mauve_features == "teacher" and args.ppl_model == "none":
         raise LdlmError("--mauve-features teacher uses the --ppl-model LM; it cannot be 'none'")
-    if output and not Path(output).resolve().parent.is_dir():
-        raise LdlmError(f"cannot write {output}: no such folder")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LdlmError(f"device '{device}' requested but CUDA is not available")
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise LdlmError(f"cannot write {args.output}: no such folder")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise LdlmError(f"device '{args.device}' requested but CUDA is not available")
 
 
-def eval_command(samples: list[str] | None, model: str | None, num_samples: int, steps: int, seed: int,
-                 references: str | None, num_references: int | None, train: str | None, ppl_model: str,
-                 mauve_features: str, top_k: int, device: str, output: str | None) -> dict:
-    """``ldlm eval``: evaluate sample files (one system each) or fresh samples of a pipeline, print a table and
-    the per-position drift, and write the JSON report to ``output``. Files are read before anything is generated."""
-    _check_flags(num_samples, steps, num_references, ppl_model, mauve_features, top_k, device, output)
+def eval_command(args: argparse.Namespace) -> dict:
+    """``ldlm eval``: evaluate sample files (``--samples``, one system each) or fresh samples of a pipeline
+    (``--model``, loaded once), print a table and the per-position drift, and write the JSON report to ``--output``.
+    Files are read before anything is generated; the other flags are those of ``ldlm eval --help``."""
+    _check_flags(args)
     hf_logging.disable_progress_bar()
     systems = {}
-    for path in samples or []:
+    for path in args.samples or []:
         systems[Path(path).stem if Path(path).stem not in systems else path] = read_samples(path)
-    refs = read_corpus(references) if references is not None else None
-    train_texts = read_corpus(train) if train is not None else None
-    vae, tokenizer = load_vae(model if model is not None else SHIPPED)
-    if not samples:
-        systems["ldlm"] = generate_samples(model, num_samples, steps, seed, device)
+    refs = read_corpus(args.references) if args.references is not None else None
+    train_texts = read_corpus(args.train) if args.train is not None else None
+    if args.samples:
+        vae, tokenizer = load_vae(args.model if args.model is not None else SHIPPED)
+    else:
+        pipe = load_pipeline(args.model).to(args.device)
+        vae, tokenizer = pipe.vae, pipe.tokenizer
+        try:
+            systems["ldlm"] = sample_texts(pipe, args.num_samples, args.steps, args.seed)
+        except ValueError as err:
+            raise LdlmError(str(err).splitlines()[0]) from None
     if refs is not None:
-        count = num_references or max(map(len, systems.values()))
-        refs = random.Random(seed).sample(refs, count) if len(refs) > count else refs
+        count = args.num_references or max(map(len, systems.values()))
+        refs = random.Random(args.seed).sample(refs, count) if len(refs) > count else refs
     rows = evaluate_systems(systems, refs, train_texts, tokenizer=tokenizer, block_length=vae.config.block_length,
-                            ppl_model=None if ppl_model == "none" else ppl_model,
-                            mauve_features={"none": None, "teacher": ppl_model}.get(mauve_features, mauve_features),
-                            top_k=top_k, seed=seed, device=device)
-    config = {"model": str(model or SHIPPED), "seed": seed, "references": references,
-              "num_references": None if refs is None else len(refs), "train": train, "ppl_model": ppl_model,
-              "mauve_features": mauve_features, "top_k": top_k}
-    config |= {"samples": samples} if samples else {"num_samples": num_samples, "steps": steps}
+                            ppl_model=None if args.ppl_model == "none" else args.ppl_model,
+                            mauve_features={"none": None, "teacher": args.ppl_model}.get(args.mauve_features,
+                                                                                         args.mauve_features),
+                            top_k=args.top_k, seed=args.seed, device=args.device)
+    config = {"model": str(args.model or SHIPPED), "seed": args.seed, "references": args.references,
+              "num_references": None if refs is None else len(refs), "train": args.train,
+              "ppl_model": args.ppl_model, "mauve_features": args.mauve_features, "top_k": args.top_k}
+    config |= {"samples": args.samples} if args.samples else {"num_samples": args.num_samples, "steps": args.steps}
     report = {"config": config, "systems": rows}
     if refs is not None:
         report["vae_reconstruction"] = vae_reconstruction(vae, tokenizer, refs)
-    if not samples:
+    if not args.samples:
         report["samples"] = systems
     print(format_table(rows))
     for name, row in rows.items():
         if "frequency_collapse" in row:
             drift = " ".join("–" if p["top_k_drift"] is None else f"{p['top_k_drift']:+.2f}"
                              for p in row["frequency_collapse"]["positions"])
-            print(f"top-{top_k} drift by block position ({name}): {drift}")
+            print(f"top-{args.top_k} drift by block position ({name}): {drift}")
     if "vae_reconstruction" in report:
         print("VAE reconstruction of the references: "
               + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in report["vae_reconstruction"].items()))
-    if output:
-        Path(output).write_text(json.dumps(report, indent=1))
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=1))
     return report

@@ -7,11 +7,11 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from ldlm.checkpoint_io import atomic_write
+from ldlm.data import IGNORE
 from ldlm.errors import LdlmError
+from ldlm.training.checkpoint_io import atomic_write
 
 COARSE_TAGS = ["NOUN", "VERB", "ADJ", "ADV", "PRON", "DET", "ADP", "NUM", "CONJ", "PRT", "PUNCT", "X"]
-IGNORE = -100  # target of tokens that carry no tag (spaces, EOS, padding)
 
 _BASE = {
     "NOUN": "nn nns np nps nr nrs",
@@ -27,7 +27,6 @@ _BASE = {
     "X": "uh nil",
 }
 _COARSE = {tag: coarse for coarse, tags in _BASE.items() for tag in tags.split()}
-_WORD = re.compile(r"\w+(?:[-'.,/]\w+)*|[^\w\s]+")
 
 
 def coarse_tag(tag: str) -> str:
@@ -108,16 +107,6 @@ def token_tags(documents: list[list[dict]], tokenizer) -> list[tuple[list[int], 
         labels = [next((chars[i] for i in range(start, end) if chars[i] >= 0), IGNORE) for start, end in offsets]
         out.append((ids + [tokenizer.eos_token_id], labels + [IGNORE]))
     return out
-
-
-def split_words(text: str) -> list[str]:
-    """Words of a text, close to Brown's tokenization (``Atlanta's``, ``well-known``, ``1,000`` stay whole)."""
-    return _WORD.findall(text)
-
-
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """Character (start, end) of each word of :func:`split_words`."""
-    return [m.span() for m in _WORD.finditer(text)]
 
 
 class LexiconTagger:

@@ -8,8 +8,8 @@ from typing import Callable
 
 import torch
 
-from ldlm.metrics import ngram_overlap, ngram_set
-from ldlm.pipeline import LatentDiffusionLMPipeline
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
+from ldlm.pipelines.text import ngram_overlap, ngram_set
 
 
 def repeated_share(new: list[int], history: list[int], n: int = 4) -> float:
@@ -59,8 +59,7 @@ class LongGeneration:
             raise ValueError("anti-loop settings need 0 < max_repeat ≤ 1, retries ≥ 0, patience ≥ 1, history ≥ 4")
         if prompt is not None and (not isinstance(prompt, str) or not prompt):
             raise ValueError("prompt must be a non-empty string")
-        pipe._check_sampling(num_inference_steps, guidance_scale, guidance)
-        pipe.objective()
+        pipe.check_inputs(num_inference_steps, guidance_scale, guidance)
         self.pipe, self.window, self.new_blocks = pipe, window, new_blocks
         self.prompt, self.max_tokens, self.num_documents = prompt, max_tokens, num_documents
         self.sampling = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -73,15 +72,11 @@ class LongGeneration:
 
     def _prompt(self) -> tuple[list[int], torch.Tensor]:
         """The prompt's token ids and the standardized latents (blocks·K, C) of its complete blocks."""
-        pipe, cfg = self.pipe, self.pipe.vae.config
-        if self.prompt is None:
-            return [], torch.zeros(0, cfg.latent_channels, device=pipe._execution_device)
-        ids = pipe.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
-        full = len(ids) // cfg.block_length
-        if not full:
-            return ids, torch.zeros(0, cfg.latent_channels, device=pipe._execution_device)
-        blocks = torch.tensor(ids[: full * cfg.block_length], device=pipe._execution_device).view(full, -1)
-        return ids, pipe._encode_blocks(blocks, torch.ones_like(blocks))
+        cfg = self.pipe.vae.config
+        ids = [] if self.prompt is None else self.pipe.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
+        known, _, _ = self.pipe.encode_layout([ids[start : start + cfg.block_length]
+                                               for start in range(0, len(ids), cfg.block_length)])
+        return ids, known[: len(ids) // cfg.block_length * cfg.latents_per_block]
 
     @torch.no_grad()
     def _group(self, context: torch.Tensor, held: list[dict[int, list[int]]] | None) -> torch.Tensor:
@@ -92,12 +87,10 @@ class LongGeneration:
         known = torch.cat([context, context.new_zeros(d, n - c, cfg.latent_channels)], dim=1)
         mask = torch.zeros(d, n, dtype=torch.bool, device=known.device)
         mask[:, :c] = True
-        return pipe._denoise(known, mask, held, **self.sampling)[:, c:]
+        return pipe.denoise(known, mask, held, **self.sampling)[:, c:]
 
     def _ids(self, latents: torch.Tensor) -> list[list[int]]:
-        vae, cfg = self.pipe.vae, self.pipe.vae.config
-        blocks = vae.unstandardize(latents).reshape(-1, cfg.latents_per_block, cfg.latent_channels)
-        return vae.decode_ids(blocks.to(vae.dtype)).reshape(len(latents), -1).tolist()
+        return self.pipe.vae.decode_sequence(latents).tolist()
 
     @torch.no_grad()
     def fixed_ids(self, tokens: int) -> torch.Tensor:

@@ -1,16 +1,21 @@
-"""VAE reconstruction metrics on held-out text: token accuracy (all / seen / unseen types), exact blocks, noise."""
+"""VAE reconstruction on held-out text: token accuracy (all / seen / unseen types), exact blocks, robustness to
+latent noise, and corpus BLEU of decoded texts; ``ldlm eval-vae``."""
 from __future__ import annotations
 
+import argparse
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from ldlm.config import VAEExperiment, load_config
-from ldlm.corpus import read_corpus
-from ldlm.data import pad_id_of, to_blocks, tokenize, training_documents
+from ldlm.align.teacher import pad_id_of
+from ldlm.data.corpus import read_corpus
+from ldlm.data.token_blocks import to_blocks, tokenize, training_documents
 from ldlm.errors import LdlmError
-from ldlm.latents import load_vae
+from ldlm.evaluation.metrics import corpus_bleu
+from ldlm.pipelines.loading import load_vae
+from ldlm.training.config import VAEExperiment, load_config
 from ldlm.vae.model import TextVAE
 
 
@@ -51,6 +56,22 @@ def reconstruction_metrics(
     return out
 
 
+@torch.no_grad()
+def vae_reconstruction(vae: TextVAE, tokenizer, texts: list[str]) -> dict[str, float]:
+    """Greedy reconstruction of ``texts`` from their posterior means: token accuracy and exact blocks (as in
+    ``ldlm eval-vae``) and corpus BLEU-4 of the decoded texts against the inputs."""
+    blocks = to_blocks(tokenize(texts, tokenizer), vae.config.block_length, pad_id_of(tokenizer))
+    latents = vae.encode_text(texts, tokenizer)
+    by_length = defaultdict(list)
+    for i, z in enumerate(latents):
+        by_length[len(z)].append(i)
+    decoded = [""] * len(texts)
+    for index in by_length.values():
+        for i, text in zip(index, vae.decode_text(torch.stack([latents[i] for i in index]), tokenizer)):
+            decoded[i] = text
+    return {**reconstruction_metrics(vae, blocks), "bleu4": corpus_bleu(texts, decoded)}
+
+
 def _exported_run(run: str | Path) -> Path:
     run_dir = Path(run)
     if not (run_dir / "vae" / "config.json").is_file():
@@ -70,15 +91,16 @@ def evaluate_run(run: str | Path, texts: list[str], noise: list[float]) -> dict[
     return {sigma: reconstruction_metrics(vae, blocks, seen, sigma) for sigma in noise}
 
 
-def evaluate_vae_cli(run: str, corpus: str, text_field: str, limit: int | None, skip: int, noise: list[float],
-                     holdout_every: int, output: str | None) -> None:
-    """Print (and optionally save as JSON) reconstruction metrics of a run's exported VAE on a corpus."""
-    _exported_run(run)
-    texts = read_corpus(corpus, text_field, limit, skip, holdout_every=holdout_every, heldout=holdout_every > 0)
-    results = evaluate_run(run, texts, noise)
+def eval_vae_command(args: argparse.Namespace) -> None:
+    """``ldlm eval-vae``: print (and with ``--output`` save as JSON) reconstruction metrics of a run's exported VAE
+    on a corpus (``--corpus``, ``--text-field``, ``--limit``, ``--skip``, ``--holdout-every``) at each ``--noise``."""
+    _exported_run(args.vae)
+    texts = read_corpus(args.corpus, args.text_field, args.limit, args.skip, holdout_every=args.holdout_every,
+                        heldout=args.holdout_every > 0)
+    results = evaluate_run(args.vae, texts, args.noise)
     for sigma, metrics in results.items():
         print(f"σ={sigma:<4} " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in metrics.items()))
-    if output:
-        Path(output).write_text(json.dumps({"corpus": corpus, "documents": len(texts),
-                                            "noise": {str(k): v for k, v in results.items()}}, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps({"corpus": args.corpus, "documents": len(texts),
+                                                 "noise": {str(k): v for k, v in results.items()}}, indent=2))

@@ -1,8 +1,10 @@
-"""Documents → token blocks (+ cached teacher features) and the Lightning DataModule that serves them."""
+"""Stage-1 data: documents → token blocks (+ cached teacher features, filled ahead by ``ldlm features``) and the
+Lightning DataModule that serves them."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 import lightning as L
@@ -12,10 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 from ldlm.align.cache import ShardCache, cache_key
 from ldlm.align.features import block_features
 from ldlm.align.registry import cache_root
-from ldlm.align.teacher import FrozenTeacher
-from ldlm.blocks import split_into_blocks
-from ldlm.config import DataConfig, TeacherConfig
-from ldlm.corpus import read_corpus
+from ldlm.align.teacher import FrozenTeacher, load_tokenizer, pad_id_of
+from ldlm.data.corpus import read_corpus
+from ldlm.training.config import DataConfig, TeacherConfig, VAEExperiment
+from ldlm.vae.blocks import split_into_blocks
 
 
 @dataclass
@@ -66,10 +68,6 @@ def training_documents(cfg: DataConfig, tokenizer) -> list[list[int]]:
     texts = [t for c in cfg.train
              for t in read_corpus(c.path, c.text_field, c.limit, c.skip, c.stride, c.holdout_every)]
     return tokenize(texts, tokenizer)
-
-
-def pad_id_of(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -127,6 +125,19 @@ def teacher_block_features(
 
     shards = ShardCache(cache_root() / "features", key).get(len(bounds) - 1, compute, rank, world_size)
     return None if shards is None else torch.cat([s["features"] for s in shards])
+
+
+def extract_features(cfg: VAEExperiment) -> None:
+    """``ldlm features``: fill the teacher-feature cache ahead of training; each rank (``RANK``/``WORLD_SIZE`` from
+    torchrun; one process otherwise) writes its own cache shards."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    tokenizer = load_tokenizer(cfg.teacher.name, cfg.teacher.gguf_file)
+    teacher = FrozenTeacher(cfg.teacher.name, list(cfg.teacher.layers), gguf_file=cfg.teacher.gguf_file,
+                            device_map=cfg.teacher.device_map)
+    documents = training_documents(cfg.data, tokenizer)
+    teacher_block_features(teacher, tokenizer, documents, cfg.teacher, cfg.data.block_length,
+                           cfg.model.latents_per_block, rank=rank, world_size=world)
+    print(f"rank {rank}/{world}: teacher features cached for {len(documents)} documents")
 
 
 def standardize_features(features: torch.Tensor, mask: torch.Tensor, stats: tuple | None = None):

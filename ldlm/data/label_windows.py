@@ -12,11 +12,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ldlm.classifier_config import ClassifierDataConfig
-from ldlm.data import make_loader, tokenize
+from ldlm.data import IGNORE
+from ldlm.data.latent_windows import document_latents
+from ldlm.data.postags import COARSE_TAGS, read_brown, token_tags
+from ldlm.data.token_blocks import make_loader, tokenize
 from ldlm.errors import LdlmError
-from ldlm.latents import document_latents, end_block_latents
-from ldlm.postags import COARSE_TAGS, IGNORE, read_brown, token_tags
+from ldlm.training.config import ClassifierDataConfig
 from ldlm.vae.model import TextVAE
 
 _SLOT = re.compile(r"([^,\[\]]+)\[([^\]]*)\]")
@@ -99,7 +100,7 @@ def content_windows(vae: TextVAE, tokenizer, mrs: list[str], texts: list[str], l
         for label in parse_mr(mr):
             if label in index:
                 targets[row, index[label]] = 1.0
-    return WindowSet(pad_windows(latents, end_block_latents(vae), max_blocks), targets)
+    return WindowSet(pad_windows(latents, vae.end_block_latents(), max_blocks), targets)
 
 
 def tagging_windows(vae: TextVAE, tokenizer, documents: list[list[dict]], max_blocks: int) -> WindowSet:
@@ -115,7 +116,7 @@ def tagging_windows(vae: TextVAE, tokenizer, documents: list[list[dict]], max_bl
     if not chunks:
         raise LdlmError("the tagging corpus has no tagged tokens")
     latents = document_latents(vae, tokenizer, chunks)  # a window starts on a block boundary: same latents
-    return WindowSet(pad_windows(latents, end_block_latents(vae), max_blocks), torch.tensor(tags))
+    return WindowSet(pad_windows(latents, vae.end_block_latents(), max_blocks), torch.tensor(tags))
 
 
 class ClassifierDataModule(L.LightningDataModule):
@@ -124,10 +125,6 @@ class ClassifierDataModule(L.LightningDataModule):
 
     def __init__(self, task: str, cfg: ClassifierDataConfig, vae: TextVAE, tokenizer, batch_size: int) -> None:
         super().__init__()
-        if cfg.holdout_every < 2:
-            raise LdlmError(f"data.holdout_every must be at least 2, got {cfg.holdout_every}")
-        if cfg.max_blocks < 1:
-            raise LdlmError(f"data.max_blocks must be positive, got {cfg.max_blocks}")
         self.task, self.cfg, self.vae, self.tokenizer, self.batch_size = task, cfg, vae, tokenizer, batch_size
         if task == "multilabel":
             self.mrs, self.texts = read_e2e(cfg.path)

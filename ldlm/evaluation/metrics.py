@@ -7,11 +7,11 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
-
 import torch
 
 from ldlm.align import registry
 from ldlm.errors import LdlmError
+from ldlm.pipelines.text import known_and_total, ngram_overlap, ngrams
 
 
 class GenerativePerplexity:
@@ -72,35 +72,14 @@ def repetition_rate(text: str, n: int = 4) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def ngrams(seq: Sequence[Hashable], n: int) -> list[tuple]:
-    """The n-grams of one sequence (words or token ids), in order."""
-    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
-
-
-def ngram_set(sequences: Iterable[Sequence[Hashable]], n: int) -> set[tuple]:
-    """Every n-gram occurring in ``sequences`` (e.g. a training corpus' word 4-grams, built once)."""
-    return {gram for seq in sequences for gram in ngrams(seq, n)}
-
-
 def diversity(texts: list[str], orders: Sequence[int] = (2, 3, 4)) -> float:
     """Div = ∏ₙ (1 − rep_n) for n = 2..4, where rep_n = 1 − unique ÷ all word n-grams pooled over the texts."""
     return math.prod(distinct_n(texts, n) for n in orders)
 
 
-def _known_and_total(sequences: Iterable[Sequence[Hashable]], known: set[tuple], n: int) -> tuple[int, int]:
-    grams = [gram for seq in sequences for gram in ngrams(seq, n)]
-    return sum(gram in known for gram in grams), len(grams)
-
-
-def ngram_overlap(sequences: Iterable[Sequence[Hashable]], known: set[tuple], n: int) -> float:
-    """Share of the n-grams of ``sequences`` (every occurrence counted) that are in ``known``; 0 when there are none."""
-    inside, total = _known_and_total(sequences, known, n)
-    return inside / total if total else 0.0
-
-
 def novel_ngram_rate(sequences: Iterable[Sequence[Hashable]], known: set[tuple], n: int) -> float:
     """Share of the n-grams of ``sequences`` (every occurrence counted) not in ``known``; 0 when there are none."""
-    inside, total = _known_and_total(sequences, known, n)
+    inside, total = known_and_total(sequences, known, n)
     return 1 - inside / total if total else 0.0
 
 

@@ -1,0 +1,1 @@
+"""Baselines to measure ldlm against: the same-size autoregressive model."""

@@ -1,0 +1,1 @@
+"""Generation without Lightning: the diffusers pipeline, long documents, gradient guidance and the loaders."""

@@ -1,0 +1,40 @@
+"""Words and n-grams of texts and token-id sequences: what the POS judge splits and what the anti-loop guard and the
+metrics count."""
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Iterable, Sequence
+
+_WORD = re.compile(r"\w+(?:[-'.,/]\w+)*|[^\w\s]+")
+
+
+def split_words(text: str) -> list[str]:
+    """Words of a text, close to Brown's tokenization (``Atlanta's``, ``well-known``, ``1,000`` stay whole)."""
+    return _WORD.findall(text)
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character (start, end) of each word of :func:`split_words`."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+def ngrams(seq: Sequence[Hashable], n: int) -> list[tuple]:
+    """The n-grams of one sequence (words or token ids), in order."""
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+
+
+def ngram_set(sequences: Iterable[Sequence[Hashable]], n: int) -> set[tuple]:
+    """Every n-gram occurring in ``sequences`` (e.g. a training corpus' word 4-grams, built once)."""
+    return {gram for seq in sequences for gram in ngrams(seq, n)}
+
+
+def known_and_total(sequences: Iterable[Sequence[Hashable]], known: set[tuple], n: int) -> tuple[int, int]:
+    """How many n-grams of ``sequences`` (every occurrence counted) are in ``known``, and how many there are."""
+    grams = [gram for seq in sequences for gram in ngrams(seq, n)]
+    return sum(gram in known for gram in grams), len(grams)
+
+
+def ngram_overlap(sequences: Iterable[Sequence[Hashable]], known: set[tuple], n: int) -> float:
+    """Share of the n-grams of ``sequences`` (every occurrence counted) that are in ``known``; 0 when there are none."""
+    inside, total = known_and_total(sequences, known, n)
+    return inside / total if total else 0.0

@@ -1,0 +1,98 @@
+"""The one training runner every trainer uses: validate the config, seed, save it, fit with the shared Lightning
+Trainer (CSV + TensorBoard logs, periodic and final safetensors checkpoints in ``output_dir/checkpoints``, automatic
+resume from ``last.safetensors``), and export the model on the first process."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+from omegaconf import OmegaConf
+
+from ldlm.training.checkpoint_io import SafetensorsCheckpointIO
+from ldlm.training.config import TrainConfig
+
+
+@dataclass
+class Job:
+    """What a trainer hands the runner: the module and data to fit, its own callbacks and strategy, and ``export``,
+    which writes the trained model under the output folder on the first process and returns where."""
+
+    module: L.LightningModule
+    data: L.LightningDataModule
+    export: Callable[[], Path]
+    callbacks: list[L.Callback] = field(default_factory=list)
+    strategy: object = None
+
+
+def run(cfg, prepare: Callable[[object, Path], Job], callbacks: list[L.Callback] = ()) -> Path | None:
+    """Validate ``cfg`` (a loaded config or its dataclass), seed, save it to ``output_dir/config.yaml``, build the
+    job with ``prepare(cfg, output_dir)``, fit it and export; returns the export's path on the first process (None on
+    the others)."""
+    cfg = cfg if is_dataclass(cfg) else OmegaConf.to_object(cfg)  # the dataclasses check their values
+    L.seed_everything(cfg.train.seed, workers=True)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    job = prepare(cfg, out)
+    trainer = fit(job.module, job.data, cfg.train, out, [*job.callbacks, *callbacks], job.strategy)
+    return job.export() if trainer.is_global_zero else None
+
+
+def make_loggers(out: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(out, name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(out, name="tb", version=""))
+    except ImportError:
+        pass
+    return loggers
+
+
+def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig, out: Path,
+        callbacks: list[L.Callback] = (), strategy=None) -> L.Trainer:
+    """Train ``module`` on ``data`` as ``cfg`` says (resuming from the last checkpoint when ``cfg.resume``), write a
+    checkpoint of the final step and ``metrics.json`` (first process), and return the trainer."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_dir = out / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.checkpoint_every)
+    checkpoint.FILE_EXTENSION = ".safetensors"
+    trainer = L.Trainer(
+        max_steps=cfg.max_steps, max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy if strategy is None else strategy, precision=cfg.precision,
+        val_check_interval=cfg.val_every, check_val_every_n_epoch=None, log_every_n_steps=cfg.log_every,
+        logger=make_loggers(out), callbacks=[checkpoint, *callbacks], plugins=[SafetensorsCheckpointIO()],
+        enable_progress_bar=cfg.progress_bar, num_sanity_val_steps=0,
+    )
+    last = ckpt_dir / "last.safetensors"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+    trainer.save_checkpoint(last)  # the final step too (a time limit stops between periodic checkpoints)
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        (out / "metrics.json").write_text(json.dumps({"global_step": trainer.global_step, **metrics}, indent=2))
+    return trainer
+
+
+class SampleTexts(L.Callback):
+    """Every ``every`` steps (0: never), ``sample(module)`` a few texts on every process (sharded models need all
+    ranks) and append them to ``path`` as a JSON line from the first process."""
+
+    def __init__(self, sample: Callable[[L.LightningModule], list[str]], path: Path, every: int) -> None:
+        self.sample, self.path, self.every = sample, path, every
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if not self.every or step % self.every:
+            return
+        texts = self.sample(module)
+        if trainer.is_global_zero:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, "texts": texts}) + "\n")
+            print(f"step {step} samples: " + " | ".join(t[:80] for t in texts[:2]), flush=True)
