@@ -62,6 +62,8 @@ def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = No
 
     from ldlm.pipelines.loading import load_pipeline
 
+    if not 0 <= args.snap <= 1:
+        raise LdlmError(f"--snap must be a fraction of the steps in [0, 1], got {args.snap}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise LdlmError(f"device '{args.device}' requested but CUDA is not available")
     return load_pipeline(args.model, scheduler).to(args.device), torch.Generator(args.device).manual_seed(args.seed)
@@ -92,7 +94,7 @@ def _generate(args: argparse.Namespace) -> None:
     guidance = _guidance(args)
     pipe, generator = _pipeline_and_generator(args, args.scheduler)
     sampling = dict(num_blocks=args.num_blocks, num_inference_steps=args.steps, generator=generator,
-                    guidance=guidance)
+                    guidance=guidance, snap=args.snap)
     with _user_errors():
         if args.prompt:
             out = pipe(args.prompt, guidance_scale=args.guidance_scale, num_samples_per_prompt=args.num_samples,
@@ -108,7 +110,7 @@ def _infill(args: argparse.Namespace) -> None:
     with _user_errors():
         out = pipe.infill([None if s == "_" else s for s in args.segments], gap_blocks=args.gap_blocks,
                           method=args.method, num_samples_per_prompt=args.num_samples, num_inference_steps=args.steps,
-                          generator=generator)
+                          snap=args.snap, generator=generator)
     for text in out.texts:
         print(text.replace("\n", " "))
 
@@ -127,7 +129,8 @@ def _longgen(args: argparse.Namespace) -> None:
     pipe, generator = _pipeline_and_generator(args)
     with _user_errors():
         run = LongGeneration(pipe, args.prompt, args.max_tokens, new_blocks=args.new_blocks,
-                             num_inference_steps=args.steps, generator=generator, stop_at_eos=not args.ignore_eos,
+                             num_inference_steps=args.steps, snap=args.snap, generator=generator,
+                             stop_at_eos=not args.ignore_eos,
                              max_repeat=args.max_repeat)
     with open(target, "w", encoding="utf-8") as handle, tqdm(total=args.max_tokens, unit="tok") as bar:
         for (text,) in run:
@@ -182,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", nargs="+", default=None, help="one or more prompts to continue")
     p.add_argument("--num-samples", type=int, default=4, help="samples (per prompt)")
     p.add_argument("--steps", type=int, default=25, help="denoising steps")
+    p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
+                   "last fraction of the steps (0: never, 1: every step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scheduler", default=None, help="ddpm | ddim | dpm++ | euler | unipc (vp models); "
                    "flow-euler | flow-heun (flow models); default: the pipeline's own")
@@ -205,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="condition", help="condition (clean context) | replace (re-noised)")
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
+                   "last fraction of the steps (0: never, 1: every step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_infill)
@@ -217,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-blocks", type=int, default=None, help="blocks generated per group (default: half the "
                    "window; the rest of the window is context)")
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
+                   "last fraction of the steps (0: never, 1: every step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-text tokens")
     p.add_argument("--max-repeat", type=float, default=0.5, help="anti-loop: resample a group when more than this "

@@ -193,3 +193,35 @@ def test_step_callback_sees_and_can_replace_the_latents(make_pipeline):
 
     out = pipe(batch_size=2, num_inference_steps=3, callback_on_step_end=callback, generator=_seeded())
     assert calls == [0, 1, 2] and torch.isfinite(out.latents).all()
+
+
+@pytest.mark.parametrize("snap,steps,snapped", [(0.0, 5, 0), (0.4, 5, 2), (1.0, 5, 5), (0.5, 3, 2)])
+def test_snap_moves_the_clean_estimate_onto_the_code_in_the_last_steps(make_pipeline, snap, steps, snapped):
+    pipe = make_pipeline()
+    calls = []
+    original = pipe.vae.snap_sequence
+
+    def spy(latents):
+        calls.append(latents.shape)
+        return original(latents)
+
+    pipe.vae.snap_sequence = spy
+    out = pipe(batch_size=2, num_blocks=4, num_inference_steps=steps, generator=_seeded(), snap=snap)
+    assert len(calls) == snapped and torch.isfinite(out.latents).all()
+    plain = pipe(batch_size=2, num_blocks=4, num_inference_steps=steps, generator=_seeded())
+    assert torch.equal(out.latents, plain.latents) == (snapped == 0)
+
+
+def test_snap_keeps_known_blocks_in_infilling(make_pipeline):
+    pipe = make_pipeline()
+    segments = ["alpha beta gamma delta epsilon zeta eta theta", None]
+    a = pipe.infill(segments, num_inference_steps=3, generator=_seeded(), snap=1.0, output_type="latent")
+    known, known_mask, _ = pipe.encode_layout(pipe._infill_layout(segments, 1))
+    k = known_mask.sum()
+    torch.testing.assert_close(pipe.vae.standardize(a.latents[0, :k]), known[:k])
+
+
+@pytest.mark.parametrize("snap", [-0.1, 1.5, float("nan"), True, "all"])
+def test_bad_snap_is_refused(make_pipeline, snap):
+    with pytest.raises(ValueError, match="snap"):
+        make_pipeline()(batch_size=1, num_inference_steps=2, snap=snap)

@@ -39,3 +39,9 @@ def test_shipped_guidance_models_read_the_shipped_latents():
     assert tags.shape == (16,) and content.config.latents_per_block == 4
     lexicon = LexiconTagger.load(SHIPPED_CONTENT.parent / "pos-lexicon.json")
     assert lexicon.tag(["the", "food", "is", "cheap"]) == ["DET", "NOUN", "VERB", "ADJ"]
+
+
+def test_snapping_a_clean_encoding_leaves_it_where_it_is():
+    pipe = load_pipeline(SHIPPED)
+    z = pipe.vae.encode_text(["The Eagle is a coffee shop near the river."], pipe.tokenizer)[0][None]
+    torch.testing.assert_close(pipe.vae.snap_sequence(z), z, atol=1e-4, rtol=0)

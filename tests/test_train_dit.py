@@ -134,3 +134,17 @@ def test_config_errors(vae_dir, tmp_path, capsys, override, message):
     assert main(["train-dit", "--config", config, *_overrides(vae_dir, tmp_path / "o"), override]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_warm_start_begins_from_the_given_pipeline(vae_dir, tmp_path, capsys):
+    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=30")))
+    second = train_dit(load_config(DiTExperiment, None, _overrides(
+        vae_dir, tmp_path / "b", f"init={first}", "train.max_steps=1", "train.lr=1e-12",
+        "sample.every=0")))
+    start = LatentDiT.from_pretrained(first / "transformer").state_dict()
+    end = LatentDiT.from_pretrained(second / "transformer").state_dict()
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
+    config = str(_empty_config(tmp_path))
+    assert main(["train-dit", "--config", config, *_overrides(vae_dir, tmp_path / "c"), f"init={first}",
+                 "model.preset=small"]) == 2
+    assert "differs from the configured one in hidden_size" in capsys.readouterr().err

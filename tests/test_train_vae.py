@@ -75,3 +75,29 @@ def test_noise_metrics_degrade_gracefully(teacher_dirs, tokenizer, tmp_path):
     clean = reconstruction_metrics(vae, blocks, seen)
     assert set(clean) >= {"acc_all", "acc_seen", "acc_unseen", "exact_blocks"}
     assert clean["tokens_seen"] + clean["tokens_unseen"] == clean["tokens_all"]
+
+
+def test_decoder_fine_tuning_keeps_the_encoder_and_its_statistics(teacher_dirs, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    train_vae(_config(teacher_dirs["qwen3"], first, "align.weight=0", "train.max_steps=40"))
+    train_vae(_config(teacher_dirs["qwen3"], second, "align.weight=0", "train.max_steps=30", f"init={first}",
+                      "model.freeze_encoder=true", "loss.latent_noise=0.8"))
+    before = TextVAE.from_pretrained(first / "vae").state_dict()
+    after = TextVAE.from_pretrained(second / "vae").state_dict()
+    encoder = [k for k in before if k.split(".")[0] in ("embed_in", "encoder", "enc_norm", "to_moments", "enc_pos")]
+    decoder = [k for k in before if k.split(".")[0] in ("from_latent", "decoder", "dec_norm", "embed_out")]
+    assert encoder and decoder
+    assert all(torch.equal(before[k], after[k]) for k in encoder + ["latent_mean", "latent_std", "token_table"])
+    assert not all(torch.equal(before[k], after[k]) for k in decoder)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["model.freeze_encoder=true"], "needs init"),
+    (["init=/nonexistent/vae"], "holds no exported VAE"),
+])
+def test_bad_warm_start_is_refused_before_training(teacher_dirs, tmp_path, extra, message):
+    from ldlm.errors import LdlmError
+
+    with pytest.raises(LdlmError, match=message):
+        train_vae(_config(teacher_dirs["qwen3"], tmp_path / "run", "align.weight=0", *extra))
+    assert not (tmp_path / "run" / "checkpoints").exists()

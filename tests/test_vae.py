@@ -64,3 +64,27 @@ def test_export_reload_identical(tmp_path):
     torch.testing.assert_close(again.encode(ids), z, rtol=0, atol=0)
     torch.testing.assert_close(again.decode(z), vae.decode(z), rtol=0, atol=0)
     assert torch.equal(again.latent_mean, vae.latent_mean)
+
+
+def test_snap_sequence_re_encodes_the_decoded_tokens_masked_after_eos():
+    vae = _vae()
+    latents = torch.randn(2, 6, 6, generator=torch.Generator().manual_seed(0))  # 2 sequences of 3 blocks
+    ids = torch.randint(4, 60, (6, 8), generator=torch.Generator().manual_seed(1))  # no EOS (1) but these:
+    ids[0, 3] = 1  # an EOS inside the first block: what follows it is padding to the encoder
+    ids[0, 5:] = torch.tensor([9, 1, 1])
+    ids[4, 7] = 1  # an EOS at a block's end masks nothing
+    calls = []
+    encode = vae.encode_sequence
+
+    def spy(input_ids, attention_mask=None):
+        calls.append((input_ids.clone(), attention_mask.clone()))
+        return encode(input_ids, attention_mask)
+
+    vae.decode_sequence = lambda z: ids.reshape(2, -1)
+    vae.encode_sequence = spy
+    snapped = vae.snap_sequence(latents)
+    assert snapped.shape == latents.shape
+    sent_ids, sent_mask = calls[0]
+    assert torch.equal(sent_ids, ids)
+    assert sent_mask[0].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert sent_mask[1:].all()

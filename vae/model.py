@@ -167,6 +167,14 @@ class TextVAE(ModelMixin, ConfigMixin):
         """Most likely token ids (B, N / K · L) of standardized latent sequences (B, N, C)."""
         return self.decode_ids(self._blocks(latents)).reshape(len(latents), -1)
 
+    def snap_sequence(self, latents: torch.Tensor) -> torch.Tensor:
+        """Standardized latent sequences (B, N, C) moved onto the code: decoded to their most likely tokens and
+        encoded again, each block masked after its first EOS as training blocks are."""
+        ids = self.decode_sequence(latents).reshape(-1, self.config.block_length)
+        eos = ids == self.config.eos_token_id
+        mask = (eos.long().cumsum(-1) - eos.long()) == 0  # real tokens: up to and including the first EOS
+        return self.encode_sequence(ids, mask.long()).reshape(latents.shape)
+
     @torch.no_grad()
     def end_block_latents(self) -> torch.Tensor:
         """Standardized latents (K, C) of a block holding only EOS: what follows the end of a document."""

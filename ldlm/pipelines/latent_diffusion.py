@@ -80,7 +80,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         return objective
 
     def check_inputs(self, num_inference_steps: int, guidance_scale: float, guidance, num_samples_per_prompt: int = 1,
-                     output_type: str = "text") -> None:
+                     output_type: str = "text", snap: float = 0.0) -> None:
         """ValueError for the arguments every entry point shares, and for a scheduler that does not fit the
         transformer (see :attr:`objective`)."""
         if not isinstance(num_samples_per_prompt, int) or num_samples_per_prompt < 1:
@@ -92,6 +92,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         if guidance is not None and not callable(guidance):
             raise ValueError("guidance must be callable as guidance(pipe, x0, t), e.g. "
                              "ldlm.pipelines.guidance.GradientGuidance")
+        if isinstance(snap, bool) or not isinstance(snap, (int, float)) or not 0 <= snap <= 1:
+            raise ValueError(f"snap must be a fraction of the steps in [0, 1], got {snap!r}")
         if output_type not in ("text", "latent"):
             raise ValueError(f"output_type must be 'text' or 'latent', got {output_type!r}")
         _ = self.objective
@@ -149,6 +151,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
         replace: bool = False,
+        snap: float = 0.0,
         latents: torch.Tensor | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
@@ -157,10 +160,12 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         (B, N) is set: as flagged clean context (default; classifier-free guidance applies), or re-noised into the
         sample at every step (``replace``). ``held[b]`` maps a block of row ``b`` to token ids written at its start
         into every clean estimate. ``guidance(pipe, x0, t)`` returns an improved clean estimate (gradient guidance).
+        ``snap``: in this last fraction of the steps the clean estimate is snapped onto the VAE's code (decoded to
+        tokens and encoded again, :meth:`TextVAE.snap_sequence`): one decoder and encoder pass per such step.
         ``latents``: the starting noise (B, N, C), drawn from ``generator`` when None.
         ``callback_on_step_end(pipe, i, t, {name: value})`` sees the step's locals named in
         ``callback_on_step_end_tensor_inputs`` after each step and may return new ``latents``."""
-        self.check_inputs(num_inference_steps, guidance_scale, guidance)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap)
         objective = self.objective
         held = held if held and any(held) else None  # rows with nothing held are no work
         b, n, c = known.shape
@@ -177,6 +182,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         step_kwargs = {"generator": generator} if accepts_generator else {}
         scales_input = hasattr(self.scheduler, "scale_model_input")
+        snap_from = len(self.scheduler.timesteps) - round(snap * len(self.scheduler.timesteps))
         x0 = x0_uncond = None
         with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
             for i, t in enumerate(self.scheduler.timesteps):
@@ -197,7 +203,10 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                     self_cond = None if x0 is None else x0.to(dtype)
                     output = self.transformer(x_in.to(dtype), timestep, self_cond, flagged).float()
                 x0 = torch.where(known_mask[..., None], known, objective.to_x0(x_in, output, t))
-                if guidance is not None or held:
+                snapped = i >= snap_from
+                if guidance is not None or held or snapped:
+                    if snapped:
+                        x0 = torch.where(known_mask[..., None], known, self.vae.snap_sequence(x0))
                     if guidance is not None:
                         x0 = guidance(self, x0, t)
                     if held:
@@ -223,6 +232,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         batch_size: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
+        snap: float = 0.0,
         latents: torch.Tensor | None = None,
         output_type: str = "text",
         callback_on_step_end: StepCallback | None = None,
@@ -231,12 +241,12 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
     ) -> LatentDiffusionLMOutput | tuple:
         """Generate ``num_samples_per_prompt`` texts per prompt (or per each of ``batch_size`` unconditional rows,
         default 1) of ``num_blocks`` blocks (default: the transformer's window), prompt included. ``guidance``,
-        ``latents`` and the callback are as for :meth:`denoise`."""
+        ``snap``, ``latents`` and the callback are as for :meth:`denoise`."""
         num_blocks = self.transformer.config.max_blocks if num_blocks is None else num_blocks
         max_blocks = self.transformer.config.max_blocks
         if not isinstance(num_blocks, int) or not 1 <= num_blocks <= max_blocks:
             raise ValueError(f"num_blocks must be an integer in 1..{max_blocks}, got {num_blocks!r}")
-        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type, snap)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if prompts is not None and (not isinstance(prompts, list) or not prompts
                                     or not all(isinstance(p, str) for p in prompts)):
@@ -251,7 +261,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             layouts = self._prompt_layouts(prompts, num_blocks)
         return self._generate(layouts, num_samples_per_prompt, output_type, return_dict,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              generator=generator, guidance=guidance, latents=latents,
+                              generator=generator, guidance=guidance, snap=snap, latents=latents,
                               callback_on_step_end=callback_on_step_end,
                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
 
@@ -278,6 +288,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         num_samples_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
+        snap: float = 0.0,
         latents: torch.Tensor | None = None,
         output_type: str = "text",
         callback_on_step_end: StepCallback | None = None,
@@ -296,10 +307,11 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         if (not isinstance(segments, list) or not any(isinstance(s, str) for s in segments)
                 or not all(s is None or isinstance(s, str) for s in segments)):
             raise ValueError("segments must be a list of strings and None (gaps) with at least one string")
-        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type, snap)
         return self._generate([self._infill_layout(segments, gap_blocks)], num_samples_per_prompt, output_type,
                               return_dict, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              generator=generator, guidance=guidance, replace=method == "replace", latents=latents,
+                              generator=generator, guidance=guidance, replace=method == "replace", snap=snap,
+                              latents=latents,
                               callback_on_step_end=callback_on_step_end,
                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
 
