@@ -28,6 +28,7 @@ from ldlm.align.teacher import pad_id_of
 from ldlm.baselines.causal_lm import generate_texts, load_ar
 from ldlm.data.corpus import read_corpus
 from ldlm.data.token_blocks import to_blocks, tokenize
+from ldlm.evaluation.reconstruction import reconstructed_ids
 from ldlm.evaluation.suite import evaluate_systems, sample_texts
 from ldlm.pipelines.loading import load_pipeline, load_vae
 from ldlm.vae.blocks import join_blocks
@@ -43,21 +44,11 @@ def unigram_entropy(texts: list[str], tokenizer) -> float:
     return -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
 
 
-@torch.no_grad()
-def reconstruct(vae, tokenizer, texts: list[str], sigma: float, seed: int,
-                batch_size: int = 128) -> tuple[list[str], float]:
+def reconstruct(vae, tokenizer, texts: list[str], sigma: float, seed: int) -> tuple[list[str], float]:
     """``texts`` through the VAE with σ·ε noise on the standardized posterior means: decoded texts, token accuracy."""
     blocks = to_blocks(tokenize(texts, tokenizer), vae.config.block_length, pad_id_of(tokenizer))
-    mask = blocks.attention_mask.bool()
-    generator = torch.Generator().manual_seed(seed)
-    ids = []
-    for start in range(0, len(mask), batch_size):
-        part = slice(start, start + batch_size)
-        z = vae.standardize(vae.encode(blocks.input_ids[part].to(vae.device), blocks.attention_mask[part].to(vae.device)))
-        z = z + sigma * torch.randn(z.shape, generator=generator).to(z.device)
-        ids.append(vae.decode_ids(vae.unstandardize(z)).cpu())
-    ids = torch.cat(ids)
-    accuracy = float((ids == blocks.input_ids)[mask].float().mean())
+    ids = reconstructed_ids(vae, blocks, sigma, batch_size=128, seed=seed)
+    accuracy = float((ids == blocks.input_ids)[blocks.attention_mask.bool()].float().mean())
     eos = vae.config.eos_token_id
     decoded = [tokenizer.decode(join_blocks(ids[blocks.doc_id == d], eos)) for d in range(len(texts))]
     return decoded, accuracy
@@ -81,6 +72,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "ledger"))
     args = parser.parse_args()
+    if args.samples < 1:
+        raise SystemExit("--samples must be at least 1")
     for path in (args.references, args.train):
         if not Path(path).is_file():
             raise SystemExit(f"corpus not found: {path}")

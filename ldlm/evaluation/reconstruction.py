@@ -20,6 +20,22 @@ from ldlm.vae.model import TextVAE
 
 
 @torch.no_grad()
+def reconstructed_ids(vae: TextVAE, blocks, noise: float = 0.0, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+    """Greedy token ids (n, L) of every block decoded from its posterior mean plus ``noise``·σ Gaussian noise
+    (standardized units)."""
+    vae.eval()
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(blocks), batch_size):
+        z = vae.encode(blocks.input_ids[start : start + batch_size].to(vae.device),
+                       blocks.attention_mask[start : start + batch_size].to(vae.device))
+        if noise > 0:
+            z = z + noise * vae.latent_std * torch.randn(z.shape, generator=generator).to(z.device)
+        out.append(vae.decode_ids(z).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def reconstruction_metrics(
     vae: TextVAE,
     blocks,
@@ -28,31 +44,20 @@ def reconstruction_metrics(
     batch_size: int = 256,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Greedy reconstruction of every block from its posterior mean plus ``noise``·σ Gaussian noise (standardized
-    units). ``seen_types``: bool (V,) marking token types that occur in the training corpora."""
-    vae.eval()
-    generator = torch.Generator().manual_seed(seed)
-    hits = {"all": [0, 0], "seen": [0, 0], "unseen": [0, 0]}
-    exact = 0
-    for start in range(0, len(blocks), batch_size):
-        ids = blocks.input_ids[start : start + batch_size]
-        mask = blocks.attention_mask[start : start + batch_size].bool()
-        z = vae.encode(ids.to(vae.device), mask.to(vae.device).long())
-        if noise > 0:
-            eps = torch.randn(z.shape, generator=generator).to(z.device)
-            z = z + noise * vae.latent_std * eps
-        correct = (vae.decode_ids(z).cpu() == ids) | ~mask
-        exact += int(correct.all(-1).sum())
-        groups = {"all": mask}
-        if seen_types is not None:
-            seen = seen_types[ids]
-            groups |= {"seen": mask & seen, "unseen": mask & ~seen}
-        for name, where in groups.items():
-            hits[name][0] += int(correct[where].sum())
-            hits[name][1] += int(where.sum())
-    out = {f"acc_{k}": h / n for k, (h, n) in hits.items() if n}
-    out |= {f"tokens_{k}": n for k, (_, n) in hits.items() if n}
-    out["exact_blocks"] = exact / len(blocks)
+    """Token accuracy (all / seen / unseen types) and exact blocks of :func:`reconstructed_ids`. ``seen_types``: bool
+    (V,) marking token types that occur in the training corpora."""
+    ids, mask = blocks.input_ids, blocks.attention_mask.bool()
+    correct = (reconstructed_ids(vae, blocks, noise, batch_size, seed) == ids) | ~mask
+    groups = {"all": mask}
+    if seen_types is not None:
+        seen = seen_types[ids]
+        groups |= {"seen": mask & seen, "unseen": mask & ~seen}
+    out = {}
+    for name, where in groups.items():
+        if where.any():
+            out[f"acc_{name}"] = int(correct[where].sum()) / int(where.sum())
+    out |= {f"tokens_{name}": int(where.sum()) for name, where in groups.items() if where.any()}
+    out["exact_blocks"] = int(correct.all(-1).sum()) / len(blocks)
     return out
 
 

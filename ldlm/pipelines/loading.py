@@ -38,14 +38,20 @@ def load_pipeline(path: str | Path | None = None, scheduler: str | None = None) 
     return pipe
 
 
-def load_vae(path: str | Path) -> tuple[TextVAE, object]:
-    """A frozen VAE and its tokenizer from a VAE training output or pipeline folder (``vae/`` + ``tokenizer/``) or
-    a VAE folder holding ``tokenizer/``."""
+def vae_folder(path: str | Path) -> Path:
+    """The exported VAE folder of a VAE training output or pipeline folder (``vae/`` beside ``tokenizer/``) or of a
+    VAE folder holding ``tokenizer/``; LdlmError when there is none."""
     root = Path(path)
     folder = root / "vae" if (root / "vae" / "config.json").is_file() else root
     if not (folder / "config.json").is_file() or not (root / "tokenizer").is_dir():
         raise LdlmError(f"{path} holds no exported VAE with a tokenizer/ folder")
-    vae = TextVAE.from_pretrained(folder).float().eval().requires_grad_(False)
+    return folder
+
+
+def load_vae(path: str | Path) -> tuple[TextVAE, object]:
+    """A frozen VAE and its tokenizer from a folder that :func:`vae_folder` accepts."""
+    vae = TextVAE.from_pretrained(vae_folder(path)).float().eval().requires_grad_(False)
+    root = Path(path)
     tokenizer = load_tokenizer(str(root / "tokenizer"))
     if pad_id_of(tokenizer) != vae.config.pad_token_id or tokenizer.eos_token_id != vae.config.eos_token_id:
         raise LdlmError(f"the tokenizer in {path} does not match its VAE (pad/EOS ids)")

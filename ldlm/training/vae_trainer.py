@@ -1,7 +1,6 @@
 """Stage 1 training: the TextVAE with reconstruction + β·KL + λ·alignment, as a LightningModule."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -15,7 +14,7 @@ from ldlm.align.losses import AlignmentHead, AlignmentSchedule, repa_loss, vavae
 from ldlm.align.teacher import FrozenTeacher, load_tokenizer, pad_id_of
 from ldlm.data.token_blocks import BlockDataModule, latent_mask
 from ldlm.errors import LdlmError
-from ldlm.pipelines.loading import load_vae
+from ldlm.pipelines.loading import load_vae, vae_folder
 from ldlm.training.checkpoint_io import atomic_dir
 from ldlm.training.config import VAEExperiment
 from ldlm.training.optim import adamw_warmup_cosine
@@ -148,10 +147,7 @@ def check_init(cfg: VAEExperiment) -> None:
     """The VAE in ``cfg.init`` must fit the configured blocks and latents (checked before any heavy work)."""
     if cfg.init is None:
         return
-    folder = Path(cfg.init) / "vae" if (Path(cfg.init) / "vae").is_dir() else Path(cfg.init)
-    if not (folder / "config.json").is_file():
-        raise LdlmError(f"init: {cfg.init} holds no exported VAE")
-    saved = json.loads((folder / "config.json").read_text())
+    saved = TextVAE.load_config(vae_folder(cfg.init))
     for key, value in (("block_length", cfg.data.block_length), ("latents_per_block", cfg.model.latents_per_block),
                        ("latent_channels", cfg.model.latent_channels)):
         if saved.get(key) != value:
