@@ -13,6 +13,7 @@ from ldlm.pipelines.loading import load_vae
 from ldlm.training.ar_trainer import ARModule, build_model, train_ar
 from ldlm.training.config import ARExperiment
 from ldlm.training.config import load_config
+from ldlm.training.checkpoint_io import load_tree
 
 V, EOS = 50, 1
 
@@ -144,6 +145,21 @@ def test_short_training_lowers_the_loss_and_exports_a_loadable_model(vae_dir, tm
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [30, 60, 90]
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 90
+
+
+def test_early_stopping_exports_the_best_validated_weights(vae_dir, tmp_path):
+    out = tmp_path / "run"  # steps this small leave the float32 weights, and so the validation loss, unchanged
+    cfg = load_config(ARExperiment, None, _overrides(vae_dir, out, "train.early_stop=2", "train.val_every=5",
+                                                     "train.lr=1e-30", "train.warmup_steps=0", "sample.every=0"))
+    train_ar(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 15  # validations at 5 (the best), 10 and 15, then stopped
+    best = load_tree(out / "checkpoints" / "best.safetensors")
+    model, _ = load_ar(out)
+    saved = {k.removeprefix("model."): v for k, v in best["state_dict"].items()}
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    last = load_tree(out / "checkpoints" / "last.safetensors")
+    assert best["global_step"] < last["global_step"]
 
 
 def test_load_ar_refuses_other_folders(vae_dir, tmp_path):

@@ -104,7 +104,22 @@ class TrainConfig:
     precision: str = "32-true"
     seed: int = 0
     resume: bool = True  # continue from output_dir/checkpoints/last.safetensors when present
+    early_stop: int = 0  # stop after this many validations without a lower val_loss and export the best (0: off)
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "batch_size", "val_every", "log_every", "checkpoint_every", "devices", "num_nodes"):
+            if getattr(self, key) < 1:
+                raise LdlmError(f"train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("warmup_steps", "early_stop"):
+            if getattr(self, key) < 0:
+                raise LdlmError(f"train.{key} must not be negative, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise LdlmError(f"train.lr must be positive, got {self.lr}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise LdlmError(f"train.max_minutes must be positive, got {self.max_minutes}")
+        if self.early_stop and self.strategy == "fsdp":
+            raise LdlmError("train.early_stop needs whole weights on every process; use it without strategy=fsdp")
 
 
 @dataclass

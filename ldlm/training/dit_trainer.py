@@ -20,7 +20,7 @@ from ldlm.pipelines.loading import load_vae
 from ldlm.training.checkpoint_io import atomic_dir, load_tree
 from ldlm.training.config import DiTExperiment, build_preset
 from ldlm.training.optim import adamw_warmup_cosine
-from ldlm.training.runner import Job, SampleTexts, run
+from ldlm.training.runner import Job, SampleTexts, final_checkpoint, run
 
 BUCKETS = 4  # the loss is also logged per quarter of the timestep range
 
@@ -192,8 +192,8 @@ def _prepare(cfg: DiTExperiment, out: Path) -> Job:
                         generator=generator).texts
 
     def export() -> Path:
-        """The EMA weights of the final checkpoint (written whole, however the model was sharded)."""
-        state = load_tree(out / "checkpoints" / "last.safetensors")["state_dict"]
+        """The EMA weights of the exported checkpoint (written whole, however the model was sharded)."""
+        state = load_tree(final_checkpoint(out, cfg.train))["state_dict"]
         model = LatentDiT.from_config(transformer.config)
         model.load_state_dict({k.removeprefix("ema."): v for k, v in state.items() if k.startswith("ema.")})
         with atomic_dir(out / "pipeline") as tmp:

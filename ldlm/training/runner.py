@@ -11,7 +11,7 @@ from typing import Callable
 import lightning as L
 from omegaconf import OmegaConf
 
-from ldlm.training.checkpoint_io import SafetensorsCheckpointIO
+from ldlm.training.checkpoint_io import SafetensorsCheckpointIO, load_tree
 from ldlm.training.config import TrainConfig
 
 
@@ -38,7 +38,15 @@ def run(cfg, prepare: Callable[[object, Path], Job], callbacks: list[L.Callback]
     OmegaConf.save(cfg, out / "config.yaml")
     job = prepare(cfg, out)
     trainer = fit(job.module, job.data, cfg.train, out, [*job.callbacks, *callbacks], job.strategy)
+    if cfg.train.early_stop:  # export the best validated weights, not the last ones
+        job.module.load_state_dict(load_tree(final_checkpoint(out, cfg.train))["state_dict"])
     return job.export() if trainer.is_global_zero else None
+
+
+def final_checkpoint(out: Path, cfg: TrainConfig) -> Path:
+    """The checkpoint a run exports: the best validated one under early stopping, else the last one."""
+    best = out / "checkpoints" / "best.safetensors"
+    return best if cfg.early_stop and best.is_file() else out / "checkpoints" / "last.safetensors"
 
 
 def make_loggers(out: Path) -> list:
@@ -56,19 +64,28 @@ def make_loggers(out: Path) -> list:
 
 def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig, out: Path,
         callbacks: list[L.Callback] = (), strategy=None) -> L.Trainer:
-    """Train ``module`` on ``data`` as ``cfg`` says (resuming from the last checkpoint when ``cfg.resume``), write a
-    checkpoint of the final step and ``metrics.json`` (first process), and return the trainer."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    """Train ``module`` on ``data`` as ``cfg`` says (resuming from the last checkpoint when ``cfg.resume``; under
+    ``cfg.early_stop`` also keeping ``best.safetensors`` and stopping after that many validations without a better
+    ``val_loss``), write a checkpoint of the final step and ``metrics.json`` (first process), and return the trainer."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     ckpt_dir = out / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.checkpoint_every)
-    checkpoint.FILE_EXTENSION = ".safetensors"
+    callbacks = [checkpoint, *callbacks]
+    if cfg.early_stop:
+        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
+                               enable_version_counter=False)
+        callbacks += [best, EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stop,
+                                          check_on_train_epoch_end=False)]
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            callback.FILE_EXTENSION = ".safetensors"
     trainer = L.Trainer(
         max_steps=cfg.max_steps, max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy if strategy is None else strategy, precision=cfg.precision,
         val_check_interval=cfg.val_every, check_val_every_n_epoch=None, log_every_n_steps=cfg.log_every,
-        logger=make_loggers(out), callbacks=[checkpoint, *callbacks], plugins=[SafetensorsCheckpointIO()],
+        logger=make_loggers(out), callbacks=callbacks, plugins=[SafetensorsCheckpointIO()],
         enable_progress_bar=cfg.progress_bar, num_sanity_val_steps=0,
     )
     last = ckpt_dir / "last.safetensors"
