@@ -4,38 +4,22 @@
     python benchmarks/snap_cost.py --model runs/x/pipeline --snap 0.3 --pairs 30
 
 For each batch size and snapping fraction the two calls alternate (plain, snapped, plain, snapped, …) in one process,
-so a busy machine slows both alike; the figure is the median of the per-pair ratios with its interquartile range.
+so a busy machine slows both alike; the figure is the median of the per-pair ratios with its interquartile range and
+range, flagged when that spread is too wide to trust (``bench_common.RatioSummary``).
 Each call is a whole ``pipe(batch_size=B, num_inference_steps=steps)``, texts included.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from bench_common import setup, sync
+from bench_common import interleaved_seconds, setup, summarize
 from ldlm.pipelines.loading import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def paired_ratios(plain, snapped, pairs: int, device: torch.device) -> list[float]:
-    """``pairs`` ratios snapped / plain, each from two back-to-back timed calls."""
-    ratios = []
-    for _ in range(pairs):
-        seconds = []
-        for fn in (plain, snapped):
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            seconds.append(time.perf_counter() - start)
-        ratios.append(seconds[1] / seconds[0])
-    return ratios
 
 
 def main() -> None:
@@ -62,12 +46,10 @@ def main() -> None:
                                     generator=torch.Generator(device).manual_seed(0))
             call()()  # warm-up
             call(snap)()
-            ratios = paired_ratios(call(), call(snap), args.pairs, device)
-            q1, median, q3 = statistics.quantiles(ratios, n=4)
-            rows.append({"batch": batch, "snap": snap, "median": median, "q1": q1, "q3": q3,
-                         "min": min(ratios), "max": max(ratios), "pairs": len(ratios)})
-            print(f"batch {batch:3d}  snap {snap:<4g}  time ×{median:.2f} (IQR {q1:.2f}–{q3:.2f}, "
-                  f"range {min(ratios):.2f}–{max(ratios):.2f}, {len(ratios)} pairs)", flush=True)
+            plain, snapped = interleaved_seconds([call(), call(snap)], args.pairs, device)
+            summary = summarize([snap_s / plain_s for plain_s, snap_s in zip(plain, snapped)])
+            rows.append({"batch": batch, "snap": snap, **summary.record()})
+            print(f"batch {batch:3d}  snap {snap:<4g}  time ×{summary.describe()}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {**vars(args), "threads": torch.get_num_threads()}

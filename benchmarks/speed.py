@@ -7,16 +7,24 @@ a profile of where ldlm's time goes (DiT, VAE decoder, vocabulary projection).
 
 Both systems produce token ids and nothing else (no detokenization) for exactly ``tokens`` positions per row.
 ldlm: an output that fits one window is one ``pipe.denoise`` call (the sampler of ``pipe(batch_size=B,
-num_blocks=tokens / L)``) plus the VAE decode; a longer one runs ``LongGeneration.fixed_ids``: its own group steps (``new_blocks`` new blocks denoised
-after the clean context of the blocks before them, then the VAE decode) for ⌈tokens / (new_blocks·L)⌉ groups.
+num_blocks=tokens / L)``) plus the VAE decode; a longer one runs ``LongGeneration.fixed_ids``: its own group steps
+(``new_blocks`` new blocks denoised after the clean context of the blocks before them, then the VAE decode) for
+⌈tokens / (new_blocks·L)⌉ groups.
 Iterating LongGeneration itself would not give a fixed amount of work: with ``stop_at_eos=False`` it drops EOS
 tokens before counting towards ``max_tokens`` and ends a document at a group of nothing but EOS. AR: ``generate``
 with the KV cache, sampling ``tokens`` new tokens per row (``stop_at_eos=False``).
+
+Timing is interleaved so that a busy machine slows both systems alike: for each batch size and output length, every
+round calls ldlm at each step count and then the baseline once (A, B, A, B, …), ``--repeats`` rounds (``--pairs`` at
+the headline configuration). A table figure is the median over rounds; a speedup is the median of the per-round
+ratios AR time / ldlm time. The last line gives the headline speedup with its interquartile range and range, and says
+when that spread is too wide to trust (``bench_common.RatioSummary``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +32,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from bench_common import median_seconds, setup, sync
+from bench_common import interleaved_seconds, setup, summarize, sync
 from ldlm.baselines.causal_lm import CausalLM, load_baseline
 from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
 from ldlm.pipelines.loading import load_pipeline
@@ -34,13 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = dict(batch=1, tokens=256, steps=10)  # the configuration of the speedup line
 
 
-def measure(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float | None]:
-    """Median wall time of ``repeats`` calls of ``fn`` (the caller warms up), and on CUDA their peak allocated
-    memory in MiB."""
+def peak_mib(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Call ``fn`` once (the warm-up) and return, on CUDA, its peak allocated memory in MiB."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = median_seconds(fn, repeats, device)
-    return seconds, torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    fn()
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def ldlm_ids(pipe: LatentDiffusionLMPipeline, batch: int, tokens: int, steps: int, new_blocks: int | None,
@@ -134,6 +141,27 @@ def shipped_longgen_tokens_per_s(pipe: LatentDiffusionLMPipeline, new_blocks: in
     return positions * pipe.vae.config.block_length / (time.perf_counter() - start)
 
 
+def time_cell(pipe: LatentDiffusionLMPipeline, model: CausalLM, batch: int, tokens: int, steps: list[int],
+              rounds: int, new_blocks: int | None, seed: int, device: torch.device) -> list[dict]:
+    """Rows for one batch size and output length: ldlm at each step count and the baseline, each warmed up once,
+    then timed in ``rounds`` interleaved rounds. An ldlm row carries its per-round speedups (AR time / ldlm time)."""
+    gen = lambda: torch.Generator(device).manual_seed(seed)  # noqa: E731
+    # the warm-ups give the peak memory: ldlm's shapes are the same at any step count
+    ldlm_peak = peak_mib(lambda: ldlm_ids(pipe, batch, tokens, min(steps), new_blocks, gen()), device)
+    ar_peak = peak_mib(lambda: ar_ids(model, batch, tokens, gen()), device)
+    calls = [lambda s=s: ldlm_ids(pipe, batch, tokens, s, new_blocks, gen()) for s in steps]
+    *ldlm_times, ar_times = interleaved_seconds([*calls, lambda: ar_ids(model, batch, tokens, gen())], rounds, device)
+
+    def row(system: str, s: int | None, times: list[float], peak: float | None) -> dict:
+        seconds = statistics.median(times)
+        return {"system": system, "steps": s, "batch": batch, "tokens": tokens, "seconds": seconds,
+                "tokens_per_s": batch * tokens / seconds, "peak_mib": peak}
+
+    rows = [{**row("ldlm", s, times, ldlm_peak), "speedups": [ar / t for ar, t in zip(ar_times, times)]}
+            for s, times in zip(steps, ldlm_times)]
+    return rows + [row("ar", None, ar_times, ar_peak)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped checkpoint)")
@@ -143,15 +171,20 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--new-blocks", type=int, default=None,
                         help="new blocks per group past the window (default: LongGeneration's, window // 2)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per batch size and length")
+    parser.add_argument("--pairs", type=int, default=9,
+                        help="rounds at the headline configuration (batch 1, 256 tokens), at least 3")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="batch 1 and 16, 256 tokens, 10 steps, 1 repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 1 and 16, 256 tokens, 10 steps, 1 round, 5 headline pairs")
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "speed"))
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.tokens, args.batch_sizes, args.repeats = [10], [256], [1, 16], 1
+        args.steps, args.tokens, args.batch_sizes, args.repeats, args.pairs = [10], [256], [1, 16], 1, 5
+    if min(args.steps + args.tokens + args.batch_sizes + [args.repeats]) < 1 or args.pairs < 3:
+        raise SystemExit("--steps, --tokens, --batch-sizes and --repeats must be positive and --pairs at least 3")
     device = setup(args.device, args.threads)
     # the speedup line's configuration is always measured
     steps = sorted(set(args.steps) | {HEADLINE["steps"]})
@@ -159,60 +192,60 @@ def main() -> None:
     batches = sorted(set(args.batch_sizes) | {HEADLINE["batch"]})
 
     pipe = load_pipeline(args.model).to(device)
+    block = pipe.vae.config.block_length
+    if any(n % block for n in lengths):
+        raise SystemExit(f"--tokens must be multiples of the block length {block}, got {' '.join(map(str, lengths))}")
     model, ar_note = load_baseline(args.ar, pipe.vae)
     model = model.to(device)
-    window = pipe.transformer.config.max_blocks * pipe.vae.config.block_length
+    window = pipe.transformer.config.max_blocks * block
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"{torch.get_num_threads()} threads; ldlm window {window} tokens; AR baseline: {ar_note}", flush=True)
 
+    b, n, s = HEADLINE["batch"], HEADLINE["tokens"], HEADLINE["steps"]
     rows = []
     for batch in batches:
         for tokens in lengths:
-            gen = lambda: torch.Generator(device).manual_seed(args.seed)  # noqa: E731
-            ldlm_ids(pipe, batch, tokens, min(steps), args.new_blocks, gen())  # warm-up (same shapes at any steps)
-            for s in steps:
-                seconds, peak = measure(lambda: ldlm_ids(pipe, batch, tokens, s, args.new_blocks, gen()),
-                                        args.repeats, device)
-                rows.append({"system": "ldlm", "steps": s, "batch": batch, "tokens": tokens, "seconds": seconds,
-                             "tokens_per_s": batch * tokens / seconds, "peak_mib": peak})
-                print(f"  ldlm {s:3d} steps, batch {batch:3d}, {tokens:5d} tokens: {seconds:8.3f} s"
-                      + (f", peak {peak:.0f} MiB" if peak else ""), flush=True)
-            ar_ids(model, batch, tokens, gen())  # warm-up
-            seconds, peak = measure(lambda: ar_ids(model, batch, tokens, gen()), args.repeats, device)
-            rows.append({"system": "ar", "steps": None, "batch": batch, "tokens": tokens, "seconds": seconds,
-                         "tokens_per_s": batch * tokens / seconds, "peak_mib": peak})
-            print(f"  AR  (KV cache), batch {batch:3d}, {tokens:5d} tokens: {seconds:8.3f} s"
-                  + (f", peak {peak:.0f} MiB" if peak else ""), flush=True)
+            rounds = max(args.repeats, args.pairs) if (batch, tokens) == (b, n) else args.repeats
+            cell = time_cell(pipe, model, batch, tokens, steps, rounds, args.new_blocks, args.seed, device)
+            rows += cell
+            for r in cell:
+                name = f"ldlm {r['steps']:3d} steps" if r["system"] == "ldlm" else "AR  (KV cache)"
+                print(f"  {name}, batch {batch:3d}, {tokens:5d} tokens: {r['seconds']:8.3f} s"
+                      + (f", peak {r['peak_mib']:.0f} MiB" if r["peak_mib"] else "")
+                      + (f", ×{statistics.median(r['speedups']):.2f} the AR speed" if "speedups" in r else ""),
+                      flush=True)
 
-    print("\n| system | batch | " + " | ".join(f"{n} tokens" for n in lengths) + " |  (tokens/s)")
+    print("\n| system | batch | " + " | ".join(f"{length} tokens" for length in lengths) + " |  (tokens/s)")
     print("|---|---|" + "---|" * len(lengths))
-    rate = {(r["system"], r["steps"], r["batch"], r["tokens"]): r["tokens_per_s"] for r in rows}
+    by_key = {(r["system"], r["steps"], r["batch"], r["tokens"]): r for r in rows}
     for batch in batches:
-        for system, s in [("ldlm", s) for s in steps] + [("ar", None)]:
-            name = f"ldlm, {s} steps" if system == "ldlm" else "AR (KV cache)"
-            print(f"| {name} | {batch} | " + " | ".join(f"{rate[system, s, batch, n]:.0f}" for n in lengths) + " |")
+        for system, k in [("ldlm", k) for k in steps] + [("ar", None)]:
+            name = f"ldlm, {k} steps" if system == "ldlm" else "AR (KV cache)"
+            print(f"| {name} | {batch} | "
+                  + " | ".join(f"{by_key[system, k, batch, length]['tokens_per_s']:.0f}" for length in lengths) + " |")
 
     prof = profile(pipe, args.new_blocks, device, args.seed)
-    b, n, s = HEADLINE["batch"], HEADLINE["tokens"], HEADLINE["steps"]
     print(f"\nldlm time at {s} steps, {n} tokens, batch {b} ({prof['seconds']:.3f} s, timers synchronize):")
     for part, seconds in prof["parts"].items():
         print(f"  {part:36s} {seconds:8.4f} s  {100 * seconds / prof['seconds']:5.1f} %")
     shipped = shipped_longgen_tokens_per_s(pipe, args.new_blocks, device, args.seed)
+    headline = by_key["ldlm", s, b, n]
     print(f"LongGeneration iterated as shipped (texts, anti-loop check): {shipped:.0f} decoded positions/s "
-          f"(timed path: {rate['ldlm', s, b, n]:.0f} tokens/s)")
+          f"(timed path: {headline['tokens_per_s']:.0f} tokens/s)")
 
-    speedup = rate["ldlm", s, b, n] / rate["ar", None, b, n]
+    speedup = summarize(headline["speedups"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "model": args.model or "shipped", "ar": ar_note, "new_blocks": args.new_blocks, "repeats": args.repeats,
-            "quick": args.quick}
+            "pairs": args.pairs, "quick": args.quick}
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows, "profile": prof,
                                                     "shipped_longgen_positions_per_s": shipped,
-                                                    "speedup@10steps": speedup}, indent=1))
+                                                    "speedup@10steps": speedup.median,
+                                                    "speedup@10steps_spread": speedup.record()}, indent=1))
     plot(rows, steps, batches, out.with_suffix(".png"), window)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
-    print(f"speedup@10steps: {speedup:.2f}")
+    print(f"speedup@10steps: {speedup.describe()}")
 
 
 def plot(rows: list[dict], steps: list[int], batches: list[int], path: Path, window: int) -> None:

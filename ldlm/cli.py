@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import math
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,49 +14,62 @@ from pathlib import Path
 from ldlm.errors import LdlmError
 
 
-def _train(args: argparse.Namespace, schema: type, train, exported: str) -> None:
-    from ldlm.training.config import load_config
+def _train(args: argparse.Namespace, schema: str, trainer: str, exported: str) -> None:
+    """Load and check the config (one line per mistake) before the trainer module and its libraries load."""
+    from omegaconf import OmegaConf
 
-    path = train(load_config(schema, args.config, args.overrides))
+    from ldlm.training import config
+
+    cfg = OmegaConf.to_object(config.load_config(getattr(config, schema), args.config, args.overrides))
+    module, name = trainer.rsplit(".", 1)
+    path = getattr(importlib.import_module(module), name)(cfg)
     if path is not None:  # the first process
         print(exported.format(path))
 
 
 def _train_vae(args: argparse.Namespace) -> None:
-    from ldlm.training.config import VAEExperiment
-    from ldlm.training.vae_trainer import train_vae
-
-    _train(args, VAEExperiment, train_vae, "VAE exported to {}")
+    _train(args, "VAEExperiment", "ldlm.training.vae_trainer.train_vae", "VAE exported to {}")
 
 
 def _train_dit(args: argparse.Namespace) -> None:
-    from ldlm.training.config import DiTExperiment
-    from ldlm.training.dit_trainer import train_dit
-
-    _train(args, DiTExperiment, train_dit, "pipeline exported to {}")
+    _train(args, "DiTExperiment", "ldlm.training.dit_trainer.train_dit", "pipeline exported to {}")
 
 
 def _train_ar(args: argparse.Namespace) -> None:
-    from ldlm.training.ar_trainer import train_ar
-    from ldlm.training.config import ARExperiment
-
-    _train(args, ARExperiment, train_ar, "autoregressive baseline exported to {} (model/ + tokenizer/)")
+    _train(args, "ARExperiment", "ldlm.training.ar_trainer.train_ar",
+           "autoregressive baseline exported to {} (model/ + tokenizer/)")
 
 
 def _train_classifier(args: argparse.Namespace) -> None:
-    from ldlm.training.classifier_trainer import train_classifier
-    from ldlm.training.config import ClassifierExperiment
-
-    _train(args, ClassifierExperiment, train_classifier, "classifier exported to {}")
+    _train(args, "ClassifierExperiment", "ldlm.training.classifier_trainer.train_classifier",
+           "classifier exported to {}")
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """A ValueError of the pipeline's argument checks becomes a one-line LdlmError."""
+    """A ValueError of the pipeline's argument checks (or a sample gone non-finite) becomes a one-line LdlmError."""
     try:
         yield
-    except ValueError as err:
+    except (ValueError, FloatingPointError) as err:
         raise LdlmError(str(err).splitlines()[0]) from None
+
+
+def _check_sampling(args: argparse.Namespace, texts: list[str] = (), what: str = "prompt") -> None:
+    """The options every generating command shares, and its input ``texts`` (each a ``what``), checked before
+    anything heavy loads (the pipeline checks the step count against its scheduler)."""
+    from ldlm.pipelines.text import check_text
+
+    for option in ("steps", "num_samples", "max_tokens"):
+        value = getattr(args, option, 1)
+        if value < 1:
+            raise LdlmError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
+    if not 0 <= args.snap <= 1:
+        raise LdlmError(f"--snap must be a fraction of the steps in [0, 1], got {args.snap}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", args.device):
+        raise LdlmError(f"unknown device '{args.device}' (cpu, cuda, cuda:N or mps)")
+    with _user_errors():
+        for i, text in enumerate(texts):
+            check_text(text, f"{what} {i + 1}")
 
 
 def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = None):
@@ -62,8 +78,6 @@ def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = No
 
     from ldlm.pipelines.loading import load_pipeline
 
-    if not 0 <= args.snap <= 1:
-        raise LdlmError(f"--snap must be a fraction of the steps in [0, 1], got {args.snap}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise LdlmError(f"device '{args.device}' requested but CUDA is not available")
     return load_pipeline(args.model, scheduler).to(args.device), torch.Generator(args.device).manual_seed(args.seed)
@@ -91,6 +105,11 @@ def _guidance(args: argparse.Namespace):
 
 
 def _generate(args: argparse.Namespace) -> None:
+    _check_sampling(args, args.prompt or [])
+    if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
+        raise LdlmError(f"--guidance-scale must be a finite non-negative number, got {args.guidance_scale}")
+    if args.guidance_scale != 1 and not args.prompt:
+        raise LdlmError("--guidance-scale (classifier-free guidance on the prompt) needs --prompt")
     guidance = _guidance(args)
     pipe, generator = _pipeline_and_generator(args, args.scheduler)
     sampling = dict(num_blocks=args.num_blocks, num_inference_steps=args.steps, generator=generator,
@@ -103,9 +122,25 @@ def _generate(args: argparse.Namespace) -> None:
             out = pipe(batch_size=args.num_samples, **sampling)
     for text in out.texts:
         print(text.replace("\n", " "))  # one sample per line
+    _warn_missing_keywords(guidance, pipe.tokenizer, out.texts)
+
+
+def _warn_missing_keywords(guidance, tokenizer, texts: list[str]) -> None:
+    """A warning for each guided keyword that no sample contains, naming the pieces the tokenizer splits it into."""
+    from ldlm.pipelines.guidance import KeywordControl
+
+    for control in guidance.controls if guidance is not None else []:
+        if isinstance(control, KeywordControl) and not any(control.success(t, tokenizer) for t in texts):
+            pieces = tokenizer.tokenize(" " + control.keyword.strip())
+            split = f"; the tokenizer splits it into {len(pieces)} pieces {pieces}" if len(pieces) > 1 else ""
+            print(f"ldlm: warning: keyword {control.keyword!r} appears in none of the samples{split}",
+                  file=sys.stderr)
 
 
 def _infill(args: argparse.Namespace) -> None:
+    _check_sampling(args, [s for s in args.segments if s != "_"], what="segment")
+    if "_" not in args.segments:
+        raise LdlmError("give at least one gap: _ between or around the fixed texts, e.g. ldlm infill 'First.' _")
     pipe, generator = _pipeline_and_generator(args)
     with _user_errors():
         out = pipe.infill([None if s == "_" else s for s in args.segments], gap_blocks=args.gap_blocks,
@@ -122,10 +157,13 @@ def _longgen(args: argparse.Namespace) -> None:
 
     from ldlm.pipelines.long_generation import LongGeneration
 
+    _check_sampling(args, [] if args.prompt is None else [args.prompt])
     target = Path(args.output)
     if not target.parent.is_dir() or target.is_dir():
         reason = "it is a folder" if target.is_dir() else f"no folder {target.parent}"
         raise LdlmError(f"cannot write {args.output}: {reason}")
+    if target.exists() and not args.overwrite:
+        raise LdlmError(f"{args.output} exists; pass --overwrite to replace it")
     pipe, generator = _pipeline_and_generator(args)
     with _user_errors():
         run = LongGeneration(pipe, args.prompt, args.max_tokens, new_blocks=args.new_blocks,
@@ -217,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_infill)
 
     p = sub.add_parser("longgen", help="generate a long document block by block into a file")
-    p.add_argument("--output", required=True, help="text file to write (appended to as blocks finish)")
+    p.add_argument("--output", required=True, help="text file to write, group by group as blocks finish (an existing "
+                   "file is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--model", default=None, help="pipeline folder (default: checkpoints/ldlm-e2e-smollm2)")
     p.add_argument("--prompt", default=None, help="text the document starts with")
     p.add_argument("--max-tokens", type=int, default=2048)
@@ -244,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_teacher_prepare)
 
     p = sub.add_parser("eval-vae", help="held-out reconstruction accuracy of an exported VAE")
-    p.add_argument("--vae", required=True, help="training output dir (with vae/ and tokenizer/)")
+    p.add_argument("--vae", required=True, help="training output (seen/unseen token split from its "
+                   "config.yaml), pipeline, or folder with vae/ and tokenizer/")
     p.add_argument("--corpus", required=True)
     p.add_argument("--text-field", default="text")
     p.add_argument("--limit", type=int, default=None)

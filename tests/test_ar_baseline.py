@@ -1,3 +1,4 @@
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -145,6 +146,33 @@ def test_short_training_lowers_the_loss_and_exports_a_loadable_model(vae_dir, tm
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [30, 60, 90]
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 90
+
+
+def _logged_steps(out: Path, column: str) -> list[int]:
+    with open(out / "logs" / "metrics.csv", newline="") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle) if row.get(column)]
+
+
+def test_a_resumed_run_keeps_its_history_and_cleans_up_after_kills(vae_dir, tmp_path):
+    out = tmp_path / "run"
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "train.log_every=10")))
+    assert _logged_steps(out, "val/loss") == [29, 59]
+    # what kills leave: a temporary file of an interrupted write and an older periodic checkpoint
+    ckpt = out / "checkpoints"
+    (ckpt / ".last.safetensors.tmp-0a1b2c3d").touch()
+    shutil.copy(ckpt / "last.safetensors", ckpt / "epoch=1-step=30.safetensors")
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "train.log_every=10",
+                                                        "train.max_steps=90")))
+    val = _logged_steps(out, "val/loss")
+    assert val[:2] == [29, 59] and len(val) == 3  # Lightning logs a resumed run's validation one step later
+    assert _logged_steps(out, "train/loss") == [9, 19, 29, 39, 49, 59, 69, 79, 89]
+    files = sorted(p.name for p in ckpt.iterdir())
+    assert len(files) == 2 and files[0].endswith("-step=90.safetensors") and files[1] == "last.safetensors"
+    (out / "metrics.json").unlink()  # killed before the export: the resumed run trains no step
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "train.max_steps=90")))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 90 and "val/loss" in metrics
+    assert _logged_steps(out, "val/loss") == val
 
 
 def test_early_stopping_exports_the_best_validated_weights(vae_dir, tmp_path):

@@ -82,7 +82,8 @@ def test_longgen_command_writes_the_document(make_pipeline, tmp_path, capsys):
     assert out.read_text().startswith(PROMPT)
     assert f"to {out}" in capsys.readouterr().out
     assert main(["longgen", "--model", str(tmp_path / "pipe"), "--output", str(tmp_path / "no" / "doc.txt")]) == 2
-    assert main(["longgen", "--model", str(tmp_path / "pipe"), "--output", str(out), "--new-blocks", "9"]) == 2
+    assert main(["longgen", "--model", str(tmp_path / "pipe"), "--output", str(out), "--new-blocks", "9",
+                 "--overwrite"]) == 2
     assert "new_blocks" in capsys.readouterr().err
 
 

@@ -125,10 +125,10 @@ def test_generate_cli(make_pipeline, tmp_path, capsys):
     make_pipeline().save_pretrained(tmp_path / "pipe")
     model = str(tmp_path / "pipe")
     assert main(["generate", "--model", model, "--num-samples", "2", "--steps", "3", "--seed", "4",
-                 "--scheduler", "ddim", "--prompt", "Aromi is a pub", "--guidance-scale", "2"]) == 0
+                 "--scheduler", "ddim", "--prompt", "Aromi is a pub in the city centre. It is", "--guidance-scale", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("Aromi is a pub") for line in lines)
-    for args, message in [(["--steps", "0"], "num_inference_steps"), (["--scheduler", "flow-euler"], "trained as"),
+    assert len(lines) == 2 and all(line.startswith("Aromi is a pub in the city centre. It is") for line in lines)
+    for args, message in [(["--steps", "0"], "--steps must be a positive integer"), (["--scheduler", "flow-euler"], "trained as"),
                           (["--scheduler", "magic"], "unknown scheduler"), (["--num-blocks", "99"], "num_blocks")]:
         assert main(["generate", "--model", model, *args]) == 2
         err = capsys.readouterr().err

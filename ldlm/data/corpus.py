@@ -66,6 +66,13 @@ def read_corpus(
 
 
 def _read_file(file: Path, text_field: str) -> list[str]:
+    try:
+        return _parse_file(file, text_field)
+    except UnicodeDecodeError:
+        raise LdlmError(f"{file}: not UTF-8 text") from None
+
+
+def _parse_file(file: Path, text_field: str) -> list[str]:
     suffix = file.suffix.lower()
     with open(file, encoding="utf-8") as handle:
         if suffix in (".jsonl", ".json"):

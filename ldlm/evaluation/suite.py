@@ -130,7 +130,10 @@ def read_samples(path: str) -> list[str]:
         return read_corpus(path)
     if not Path(path).is_file():
         raise LdlmError(f"samples file not found: {path}")
-    texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise LdlmError(f"samples file {path}: not UTF-8 text (byte {err.start})") from None
     if not texts:
         raise LdlmError(f"samples file {path} has no samples")
     return texts

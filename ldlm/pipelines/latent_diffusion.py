@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,8 +13,10 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import DiffusionObjective
+from ldlm.pipelines.text import check_text
 from ldlm.vae.model import TextVAE
 
+DIVERGED = 1e4  # a sample this many times the starting noise scale has left the standardized latents for good
 Layout = list[list[int] | None]  # per block of a window: its fixed token ids (all L, or a held prefix) or None
 StepCallback = Callable[["LatentDiffusionLMPipeline", int, torch.Tensor, dict], dict]  # (pipe, i, t, tensors) → updates
 
@@ -42,6 +45,11 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
 
     def __init__(self, vae: TextVAE, transformer: LatentDiT, scheduler, tokenizer) -> None:
         super().__init__()
+        for name, module in (("vae", vae), ("transformer", transformer)):
+            bad = next((k for k, v in module.state_dict().items() if v.is_floating_point() and not v.isfinite().all()),
+                       None)
+            if bad is not None:
+                raise ValueError(f"the {name} weights hold NaN or infinite values (first in {bad})")
         self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler, tokenizer=tokenizer)
 
     def __setattr__(self, name: str, value) -> None:
@@ -85,10 +93,12 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         transformer (see :attr:`objective`)."""
         if not isinstance(num_samples_per_prompt, int) or num_samples_per_prompt < 1:
             raise ValueError(f"num_samples_per_prompt must be a positive integer, got {num_samples_per_prompt!r}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a non-negative number, got {guidance_scale!r}")
+        limit = self.scheduler.config.num_train_timesteps
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= limit:
+            raise ValueError(f"num_inference_steps must be an integer in 1..{limit} (the scheduler's training "
+                             f"timesteps), got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite non-negative number, got {guidance_scale!r}")
         if guidance is not None and not callable(guidance):
             raise ValueError("guidance must be callable as guidance(pipe, x0, t), e.g. "
                              "ldlm.pipelines.guidance.GradientGuidance")
@@ -172,6 +182,11 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         device = known.device
         if latents is not None and latents.shape != (b, n, c):
             raise ValueError(f"latents must have the shape {(b, n, c)} of the window, got {tuple(latents.shape)}")
+        generators = generator if isinstance(generator, list) else [generator]
+        if not all(g is None or isinstance(g, torch.Generator) for g in generators) or (
+                isinstance(generator, list) and len(generator) != b):
+            raise ValueError(f"generator must be a torch.Generator or a list of {b} (one per sample), got "
+                             f"{generator!r}")
         flagged = torch.zeros_like(known_mask) if replace else known_mask
         guided = guidance_scale > 1 and bool(flagged.any())
         dtype = self.transformer.dtype  # the model runs in its dtype; the sampler state stays fp32
@@ -179,6 +194,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         if latents is None:
             latents = randn_tensor((b, n, c), generator=generator, device=device, dtype=torch.float32)
         latents = latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        bound = DIVERGED * float(getattr(self.scheduler, "init_noise_sigma", 1.0))
         accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         step_kwargs = {"generator": generator} if accepts_generator else {}
         scales_input = hasattr(self.scheduler, "scale_model_input")
@@ -217,6 +233,9 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                     frame = locals()  # (a comprehension has its own locals before Python 3.12)
                     values = {name: frame[name] for name in callback_on_step_end_tensor_inputs}
                     latents = callback_on_step_end(self, i, t, values).get("latents", latents)
+                if not latents.abs().max() < bound:  # also catches NaN
+                    raise FloatingPointError(f"the sample diverged (NaN, infinite or beyond {bound:.0e}) at step "
+                                             f"{i + 1} of {len(self.scheduler.timesteps)} (guidance too strong?)")
                 bar.update()
         latents = torch.where(known_mask[..., None], known, latents)
         return self._hold_tokens(latents, held) if held else latents
@@ -248,9 +267,10 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             raise ValueError(f"num_blocks must be an integer in 1..{max_blocks}, got {num_blocks!r}")
         self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type, snap)
         prompts = [prompt] if isinstance(prompt, str) else prompt
-        if prompts is not None and (not isinstance(prompts, list) or not prompts
-                                    or not all(isinstance(p, str) for p in prompts)):
+        if prompts is not None and (not isinstance(prompts, list) or not prompts):
             raise ValueError("prompt must be a string or a non-empty list of strings")
+        for i, text in enumerate(prompts or []):
+            check_text(text, f"prompt {i}")
         if prompt is not None and batch_size is not None:
             raise ValueError("pass either prompt or batch_size, not both")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -259,6 +279,10 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             layouts = [[None] * num_blocks] * (batch_size or 1)
         else:
             layouts = self._prompt_layouts(prompts, num_blocks)
+            length = self.vae.config.block_length
+            if guidance_scale != 1 and all(len(layout[0]) < length for layout in layouts):
+                raise ValueError(f"guidance_scale acts on complete prompt blocks, and no prompt fills one block "
+                                 f"({length} tokens)")
         return self._generate(layouts, num_samples_per_prompt, output_type, return_dict,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                               generator=generator, guidance=guidance, snap=snap, latents=latents,
@@ -323,10 +347,9 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             if segment is None:
                 blocks += [None] * gap_blocks
                 continue
+            check_text(segment, f"segment {i}")
             text = segment if i == 0 or segment[:1].isspace() else " " + segment  # a continuation, mid-text
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"segment {i} is empty")
             blocks += [ids[start : start + length] for start in range(0, len(ids), length)]
         if len(blocks) > max_blocks:
             raise ValueError(f"segments and gaps take {len(blocks)} blocks; the transformer holds {max_blocks}")

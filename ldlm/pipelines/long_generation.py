@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
-from ldlm.pipelines.text import ngram_overlap, ngram_set
+from ldlm.pipelines.text import check_text, ngram_overlap, ngram_set
 
 
 def repeated_share(new: list[int], history: list[int], n: int = 4) -> float:
@@ -58,8 +58,8 @@ class LongGeneration:
             raise ValueError(f"num_documents must be a positive integer, got {num_documents!r}")
         if not 0 < max_repeat <= 1 or retries < 0 or patience < 1 or history < 4:
             raise ValueError("anti-loop settings need 0 < max_repeat ≤ 1, retries ≥ 0, patience ≥ 1, history ≥ 4")
-        if prompt is not None and (not isinstance(prompt, str) or not prompt):
-            raise ValueError("prompt must be a non-empty string")
+        if prompt is not None:
+            check_text(prompt, "prompt")
         pipe.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap)
         self.pipe, self.window, self.new_blocks = pipe, window, new_blocks
         self.prompt, self.max_tokens, self.num_documents = prompt, max_tokens, num_documents

@@ -8,6 +8,16 @@ from collections.abc import Hashable, Iterable, Sequence
 _WORD = re.compile(r"\w+(?:[-'.,/]\w+)*|[^\w\s]+")
 
 
+def check_text(text: str, what: str) -> None:
+    """ValueError unless ``text`` is a non-empty string of valid Unicode (no lone surrogates from undecodable bytes)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{what} is not valid UTF-8 text (undecodable character at position {err.start})") from None
+
+
 def split_words(text: str) -> list[str]:
     """Words of a text, close to Brown's tokenization (``Atlanta's``, ``well-known``, ``1,000`` stay whole)."""
     return _WORD.findall(text)

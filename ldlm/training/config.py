@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -318,7 +319,12 @@ def load_config(schema: type, path: str | Path | None = None, overrides: list[st
         if path is not None:
             if not Path(path).is_file():
                 raise LdlmError(f"config file not found: {path}")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            try:
+                cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" at line {mark.line + 1}" if mark is not None else ""
+                raise LdlmError(f"{path}: YAML syntax error{where}: {getattr(err, 'problem', None) or err}") from None
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise LdlmError(f"override '{bad[0]}' is not of the form key=value")

@@ -3,12 +3,16 @@ Trainer (CSV + TensorBoard logs, periodic and final safetensors checkpoints in `
 resume from ``last.safetensors``), and export the model on the first process."""
 from __future__ import annotations
 
+import csv
 import json
+import re
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Callable
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import OmegaConf
 
 from ldlm.training.checkpoint_io import SafetensorsCheckpointIO, load_tree
@@ -49,10 +53,31 @@ def final_checkpoint(out: Path, cfg: TrainConfig) -> Path:
     return best if cfg.early_stop and best.is_file() else out / "checkpoints" / "last.safetensors"
 
 
-def make_loggers(out: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it appends to an existing ``metrics.csv`` instead of deleting it."""
 
-    loggers = [CSVLogger(out, name="logs", version="")]
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="", encoding="utf-8") as handle:
+                self.metrics_keys = next(csv.reader(handle), [])
+
+
+class HistoryCSVLogger(CSVLogger):
+    """A CSV logger whose ``logs/metrics.csv`` keeps the history of every earlier run of a resumed one (steps trained
+    again after a kill appear twice)."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def make_loggers(out: Path) -> list:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    loggers = [HistoryCSVLogger(out, name="logs", version="")]
     try:
         import tensorboard  # noqa: F401
 
@@ -89,12 +114,39 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
         enable_progress_bar=cfg.progress_bar, num_sanity_val_steps=0,
     )
     last = ckpt_dir / "last.safetensors"
+    if trainer.is_global_zero:
+        tidy_checkpoints(ckpt_dir)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
     trainer.save_checkpoint(last)  # the final step too (a time limit stops between periodic checkpoints)
     if trainer.is_global_zero:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        tidy_checkpoints(ckpt_dir)
+        metrics = {**last_logged(out / "logs" / "metrics.csv"),
+                   **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         (out / "metrics.json").write_text(json.dumps({"global_step": trainer.global_step, **metrics}, indent=2))
     return trainer
+
+
+def _periodic_step(path: Path) -> int:
+    return int(re.search(r"step=(\d+)", path.name).group(1))
+
+
+def tidy_checkpoints(ckpt_dir: Path) -> None:
+    """Delete what killed writes leave in ``ckpt_dir``: hidden temporary files, and every periodic checkpoint but
+    the newest (a resumed run no longer knows it wrote the older ones)."""
+    for tmp in ckpt_dir.glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+    periodic = sorted(ckpt_dir.glob("epoch=*-step=*.safetensors"), key=_periodic_step)
+    for stale in periodic[:-1]:
+        stale.unlink(missing_ok=True)
+
+
+def last_logged(log: Path) -> dict[str, float]:
+    """The last value of every metric in a ``metrics.csv`` (empty when there is none)."""
+    if not log.is_file():
+        return {}
+    with open(log, newline="", encoding="utf-8") as handle:
+        return {k: float(v) for row in csv.DictReader(handle) for k, v in row.items()
+                if v not in ("", None) and k not in ("epoch", "step")}
 
 
 class SampleTexts(L.Callback):
