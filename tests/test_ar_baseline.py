@@ -153,7 +153,7 @@ def _logged_steps(out: Path, column: str) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(handle) if row.get(column)]
 
 
-def test_a_resumed_run_keeps_its_history_and_cleans_up_after_kills(vae_dir, tmp_path):
+def test_a_resumed_run_keeps_its_history_and_cleans_up_after_kills(vae_dir, tmp_path, recwarn):
     out = tmp_path / "run"
     train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "train.log_every=10")))
     assert _logged_steps(out, "val/loss") == [29, 59]
@@ -161,8 +161,11 @@ def test_a_resumed_run_keeps_its_history_and_cleans_up_after_kills(vae_dir, tmp_
     ckpt = out / "checkpoints"
     (ckpt / ".last.safetensors.tmp-0a1b2c3d").touch()
     shutil.copy(ckpt / "last.safetensors", ckpt / "epoch=1-step=30.safetensors")
+    recwarn.clear()
     train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "train.log_every=10",
                                                         "train.max_steps=90")))
+    notices = ("exists and is not empty", "ended before the epoch ended", "will be deleted")
+    assert not [w for w in recwarn if any(n in str(w.message) for n in notices)]  # a resume is expected here
     val = _logged_steps(out, "val/loss")
     assert val[:2] == [29, 59] and len(val) == 3  # Lightning logs a resumed run's validation one step later
     assert _logged_steps(out, "train/loss") == [9, 19, 29, 39, 49, 59, 69, 79, 89]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Callable
@@ -116,7 +117,12 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
     last = ckpt_dir / "last.safetensors"
     if trainer.is_global_zero:
         tidy_checkpoints(ckpt_dir)
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+    resume = cfg.resume and last.is_file()
+    with warnings.catch_warnings():
+        if resume:  # what Lightning says about every resume here: expected, as the run is built to resume so
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", message=r".*checkpoint that ended before the epoch ended")
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     trainer.save_checkpoint(last)  # the final step too (a time limit stops between periodic checkpoints)
     if trainer.is_global_zero:
         tidy_checkpoints(ckpt_dir)
