@@ -22,6 +22,23 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+PROBES = ("Hello world!", "  The Eagle's café, naïve — 3.14\tdone\n\nNEW line", "ＡＢＣ ﬁ", "<|endoftext|></s><pad>")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A key for what a tokenizer does, not for its class: its vocabulary, BPE merges (fast tokenizers), special
+    tokens and their ids, and the ids it gives a few probe texts (normalisation and pre-tokenisation)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return cache_key({
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "merges": json.loads(backend.to_str())["model"].get("merges") if backend is not None else None,
+        "special": {name: [getattr(tokenizer, name), getattr(tokenizer, f"{name}_id")]
+                    for name in ("bos_token", "eos_token", "pad_token", "unk_token")},
+        "all_special": sorted(tokenizer.all_special_tokens),
+        "probes": tokenizer(list(PROBES), add_special_tokens=False)["input_ids"],
+    })
+
+
 class ShardCache:
     """Shards ``shard-XXXXX.safetensors`` under ``root/key``, each with a ``.sha256`` sidecar written after it.
 

@@ -59,6 +59,19 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def locate(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """``(source, gguf_file)`` to load a teacher from: a path ending in ``.gguf`` is split into its folder and file
+    name, a registered name becomes its prepared folder, anything else (hub id, folder) passes through."""
+    if not name_or_path.lower().endswith(".gguf"):
+        return resolve(name_or_path), gguf_file
+    if gguf_file is not None:
+        raise LdlmError(f"teacher '{name_or_path}' is a GGUF file: give it as the name or as gguf_file, not both")
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise LdlmError(f"teacher GGUF file not found: {path}")
+    return str(path.parent), path.name
+
+
 def resolve(name_or_path: str) -> str:
     """Map a registered teacher name to its prepared folder; anything else is passed through (hub id or path)."""
     if name_or_path not in TEACHERS:

@@ -20,11 +20,43 @@ def _layer_stack(model: nn.Module, num_layers: int) -> tuple[nn.Module, str, nn.
     raise LdlmError(f"cannot find the {num_layers} transformer layers of {type(model).__name__}")
 
 
+def _from_gguf(path: str, config, dtype: torch.dtype, device_map: str | None) -> nn.Module:
+    """The base model of ``config`` with its weights from a GGUF file. Only the tensors that model has a place for
+    are dequantized: a teacher truncated to its first blocks never unpacks the others (nor the LM head)."""
+    import numpy as np
+    from gguf import GGUFReader, dequantize
+    from transformers import AutoModel
+    from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
+                                                          get_gguf_hf_weights_map, read_field)
+
+    with torch.device("meta"):
+        skeleton = AutoModel.from_config(config)
+    reader = GGUFReader(path)
+    processor = TENSOR_PROCESSORS.get(read_field(reader, "general.architecture")[0], TensorProcessor)(
+        config=config.to_dict())
+    names = get_gguf_hf_weights_map(skeleton, processor)  # GGUF name -> parameter name, kept blocks only
+    parsed = {"tensors": {}}  # MoE processors write stacked experts here themselves
+    for tensor in reader.tensors:
+        if tensor.name not in names:
+            continue
+        out = processor.process(weights=dequantize(tensor.data, tensor.tensor_type), name=tensor.name,
+                                tensor_key_mapping=names, parsed_parameters=parsed)
+        if out.name in names:
+            parsed["tensors"][names[out.name]] = torch.from_numpy(np.copy(out.weights))
+    missing = sorted(set(skeleton.state_dict()) - set(parsed["tensors"]))
+    if missing:
+        raise LdlmError(f"{path} has no tensor for {missing[0]} ({len(missing)} weights missing)")
+    return type(skeleton).from_pretrained(None, config=config, state_dict=parsed["tensors"], dtype=dtype,
+                                          device_map=device_map)
+
+
 class FrozenTeacher(nn.Module):
-    """Loads any Hugging Face LM (hub id, local folder, GGUF file or registered name) frozen in eval mode.
+    """Loads any Hugging Face LM (hub id, local folder, registered name, or GGUF file: its path, or a folder and
+    ``gguf_file``) frozen in eval mode.
 
     ``layers`` are 1-based block indices (layer ``i`` is the output of block ``i``; ``0`` is the embedding output).
-    The block stack is truncated after the deepest requested layer, so later blocks never run.
+    The block stack is truncated after the deepest requested layer, so later blocks never run (nor, from a GGUF
+    file, get dequantized).
     """
 
     def __init__(
@@ -38,18 +70,18 @@ class FrozenTeacher(nn.Module):
     ) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel
+        from transformers.utils import cached_file
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
 
         if not layers or min(layers) < 0:
             raise LdlmError(f"teacher layers must be non-negative block indices, got {layers}")
-        self.source = registry.resolve(name_or_path)
+        self.source, gguf_file = registry.locate(name_or_path, gguf_file)
         cuda = torch.cuda.is_available() and device != "cpu"
         dtype = dtype or (torch.bfloat16 if cuda or device_map else torch.float32)
-        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         try:
-            config = AutoConfig.from_pretrained(self.source, **kwargs)
+            config = AutoConfig.from_pretrained(self.source, **({"gguf_file": gguf_file} if gguf_file else {}))
         except OSError as err:
             raise LdlmError(f"cannot load teacher '{name_or_path}': {str(err).splitlines()[0]}") from None
         total = config.num_hidden_layers
@@ -60,9 +92,10 @@ class FrozenTeacher(nn.Module):
         config.num_hidden_layers = keep
         if getattr(config, "layer_types", None):
             config.layer_types = config.layer_types[:keep]
-        model = AutoModel.from_pretrained(
-            self.source, config=config, dtype=dtype, device_map=device_map, **kwargs
-        )
+        if gguf_file:
+            model = _from_gguf(cached_file(self.source, gguf_file), config, dtype, device_map)
+        else:
+            model = AutoModel.from_pretrained(self.source, config=config, dtype=dtype, device_map=device_map)
         self.model = model.eval().requires_grad_(False)
         self.hidden_size = config.hidden_size
         self.num_layers_total = total
@@ -118,15 +151,15 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    source = registry.resolve(name_or_path)
+    source, gguf_file = registry.locate(name_or_path, gguf_file)
     if gguf_file is None and (Path(source) / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(source)
     if not (Path(source).exists() or "/" in source):
-        raise LdlmError(f"teacher '{source}' is neither a registered name, a folder, nor a hub id")
+        raise LdlmError(f"teacher '{source}' is neither a registered name, a folder, a .gguf file nor a hub id")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise LdlmError(f"cannot load the tokenizer of '{name_or_path}': {str(err).splitlines()[0]}") from None
 
 

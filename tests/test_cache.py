@@ -1,6 +1,9 @@
+import pytest
 import torch
 
-from ldlm.align.cache import ShardCache, cache_key
+from ldlm.align.cache import ShardCache, cache_key, tokenizer_fingerprint
+from ldlm.align.teacher import load_tokenizer
+from ldlm.pipelines.loading import SHIPPED
 
 
 def _counting(calls):
@@ -46,3 +49,32 @@ def test_ranks_write_disjoint_shards(tmp_path):
     cache.get(5, _counting(calls), rank=0, world_size=2)
     calls.clear()
     assert len(cache.get(5, _counting(calls))) == 5 and calls == []
+
+
+def test_tokenizer_key_changes_with_behaviour(tokenizer, tmp_path):
+    from tokenizers import normalizers
+
+    tokenizer.save_pretrained(tmp_path)
+    assert tokenizer_fingerprint(load_tokenizer(str(tmp_path))) == tokenizer_fingerprint(tokenizer)
+    lowercase = load_tokenizer(str(tmp_path))  # same class, vocabulary and EOS; "The" now reads as "the"
+    lowercase.backend_tokenizer.normalizer = normalizers.Lowercase()
+    unk_pads = load_tokenizer(str(tmp_path))
+    unk_pads.pad_token = "<unk>"
+    keys = {tokenizer_fingerprint(t) for t in (tokenizer, lowercase, unk_pads)}
+    assert len(keys) == 3
+
+
+@pytest.mark.skipif(not (SHIPPED / "tokenizer").is_dir(), reason="no source checkout")
+def test_tokenizer_key_ignores_the_class():
+    from transformers import GPT2Tokenizer, Qwen2Tokenizer
+
+    folder = SHIPPED / "tokenizer"  # SmolLM2's byte-level BPE
+    key = tokenizer_fingerprint(load_tokenizer(str(folder)))
+    assert tokenizer_fingerprint(GPT2Tokenizer.from_pretrained(folder)) == key  # another class, same behaviour
+    assert tokenizer_fingerprint(Qwen2Tokenizer.from_pretrained(folder)) != key  # its pre-tokenizer splits "\n\n"
+
+
+def test_feature_caches_key_tokenizers_by_behaviour():
+    from ldlm.data import token_blocks
+
+    assert token_blocks.tokenizer_fingerprint is tokenizer_fingerprint

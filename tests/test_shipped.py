@@ -45,3 +45,9 @@ def test_snapping_a_clean_encoding_leaves_it_where_it_is():
     pipe = load_pipeline(SHIPPED)
     z = pipe.vae.encode_text(["The Eagle is a coffee shop near the river."], pipe.tokenizer)[0][None]
     torch.testing.assert_close(pipe.vae.snap_sequence(z), z, atol=1e-4, rtol=0)
+
+
+def test_eval_vae_reads_the_shipped_pipeline(capsys):
+    assert main(["eval-vae", "--vae", str(SHIPPED), "--corpus", "builtin:restaurants:20", "--noise", "0"]) == 0
+    accuracy = float(capsys.readouterr().out.split("acc_all=")[1].split()[0])
+    assert accuracy > 0.9

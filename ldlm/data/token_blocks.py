@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ldlm.align.cache import ShardCache, cache_key
+from ldlm.align.cache import ShardCache, cache_key, tokenizer_fingerprint
 from ldlm.align.features import block_features
 from ldlm.align.registry import cache_root
 from ldlm.align.teacher import FrozenTeacher, load_tokenizer, pad_id_of
@@ -68,11 +68,6 @@ def training_documents(cfg: DataConfig, tokenizer) -> list[list[int]]:
     texts = [t for c in cfg.train
              for t in read_corpus(c.path, c.text_field, c.limit, c.skip, c.stride, c.holdout_every)]
     return tokenize(texts, tokenizer)
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(f"{type(tokenizer).__name__}|{tokenizer.eos_token_id}|{vocab}".encode()).hexdigest()
 
 
 def split_documents(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -12,9 +12,8 @@ import torch
 from ldlm.align.teacher import pad_id_of
 from ldlm.data.corpus import read_corpus
 from ldlm.data.token_blocks import to_blocks, tokenize, training_documents
-from ldlm.errors import LdlmError
 from ldlm.evaluation.metrics import corpus_bleu
-from ldlm.pipelines.loading import load_vae
+from ldlm.pipelines.loading import load_vae, vae_folder
 from ldlm.training.config import VAEExperiment, load_config
 from ldlm.vae.model import TextVAE
 
@@ -77,29 +76,27 @@ def vae_reconstruction(vae: TextVAE, tokenizer, texts: list[str]) -> dict[str, f
     return {**reconstruction_metrics(vae, blocks), "bleu4": corpus_bleu(texts, decoded)}
 
 
-def _exported_run(run: str | Path) -> Path:
-    run_dir = Path(run)
-    if not (run_dir / "vae" / "config.json").is_file():
-        raise LdlmError(f"{run_dir} has no exported VAE (expected {run_dir / 'vae'})")
-    return run_dir
-
-
 def evaluate_run(run: str | Path, texts: list[str], noise: list[float]) -> dict[float, dict[str, float]]:
-    """Reconstruction metrics of a training run's exported VAE on ``texts`` at each latent noise level; a token
-    type counts as seen when it occurs in the run's training corpora."""
-    run_dir = _exported_run(run)
-    cfg = load_config(VAEExperiment, run_dir / "config.yaml")
-    vae, tokenizer = load_vae(run_dir)
+    """Reconstruction metrics on ``texts`` at each latent noise level of the VAE in ``run``: a training output, a
+    pipeline, or any folder :func:`~ldlm.pipelines.loading.vae_folder` accepts. For a training output (with its
+    ``config.yaml``) a token type counts as seen when it occurs in the training corpora (``acc_seen`` /
+    ``acc_unseen``)."""
+    vae, tokenizer = load_vae(run)
+    config = Path(run) / "config.yaml"
     blocks = to_blocks(tokenize(texts, tokenizer), vae.config.block_length, pad_id_of(tokenizer))
-    seen = torch.zeros(vae.config.vocab_size, dtype=torch.bool)
-    seen[torch.tensor([t for doc in training_documents(cfg.data, tokenizer) for t in doc])] = True
+    seen = None
+    if config.is_file():
+        cfg = load_config(VAEExperiment, config)
+        seen = torch.zeros(vae.config.vocab_size, dtype=torch.bool)
+        seen[torch.tensor([t for doc in training_documents(cfg.data, tokenizer) for t in doc])] = True
     return {sigma: reconstruction_metrics(vae, blocks, seen, sigma) for sigma in noise}
 
 
 def eval_vae_command(args: argparse.Namespace) -> None:
-    """``ldlm eval-vae``: print (and with ``--output`` save as JSON) reconstruction metrics of a run's exported VAE
-    on a corpus (``--corpus``, ``--text-field``, ``--limit``, ``--skip``, ``--holdout-every``) at each ``--noise``."""
-    _exported_run(args.vae)
+    """``ldlm eval-vae``: print (and with ``--output`` save as JSON) reconstruction metrics of the VAE in ``--vae``
+    (see :func:`evaluate_run`) on a corpus (``--corpus``, ``--text-field``, ``--limit``, ``--skip``,
+    ``--holdout-every``) at each ``--noise``."""
+    vae_folder(args.vae)
     texts = read_corpus(args.corpus, args.text_field, args.limit, args.skip, holdout_every=args.holdout_every,
                         heldout=args.holdout_every > 0)
     results = evaluate_run(args.vae, texts, args.noise)

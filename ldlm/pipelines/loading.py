@@ -50,7 +50,11 @@ def vae_folder(path: str | Path) -> Path:
 
 def load_vae(path: str | Path) -> tuple[TextVAE, object]:
     """A frozen VAE and its tokenizer from a folder that :func:`vae_folder` accepts."""
-    vae = TextVAE.from_pretrained(vae_folder(path)).float().eval().requires_grad_(False)
+    folder = vae_folder(path)
+    try:
+        vae = TextVAE.from_pretrained(folder).float().eval().requires_grad_(False)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise LdlmError(f"cannot load the VAE at {folder}: {str(err).splitlines()[0]}") from None
     root = Path(path)
     tokenizer = load_tokenizer(str(root / "tokenizer"))
     if pad_id_of(tokenizer) != vae.config.pad_token_id or tokenizer.eos_token_id != vae.config.eos_token_id:

@@ -38,8 +38,8 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    name: str = "smollm2"  # registered name, local folder or hub id
-    gguf_file: Optional[str] = None
+    name: str = "smollm2"  # registered name, local folder, hub id or a .gguf file
+    gguf_file: Optional[str] = None  # a GGUF file inside the folder or hub repository of name
     layers: list[int] = field(default_factory=lambda: [10])
     context: int = 128  # tokens of left context the teacher reads before each chunk
     chunk: int = 256
