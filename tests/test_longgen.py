@@ -87,20 +87,59 @@ def test_longgen_command_writes_the_document(make_pipeline, tmp_path, capsys):
     assert "new_blocks" in capsys.readouterr().err
 
 
-def test_without_eos_stops_padding_and_eos_are_dropped_and_an_all_eos_group_ends(make_pipeline):
+def test_without_eos_padding_and_eos_are_dropped_and_only_a_silent_model_ends(make_pipeline):
     pipe = make_pipeline()
     cfg = pipe.vae.config
     assert cfg.pad_token_id != cfg.eos_token_id  # the fixture's tokenizer keeps them apart
     words = pipe.tokenizer("Zizzi is a cheap pub", add_special_tokens=False)["input_ids"]
     blocks = [words + [cfg.eos_token_id] + [cfg.pad_token_id] * 2, [cfg.eos_token_id] + [cfg.pad_token_id] * 7]
-    ids = torch.tensor(blocks)
-    latents = pipe.vae.standardize(pipe.vae.encode(ids, (ids != cfg.pad_token_id).long()))  # (2, K, C)
-    groups = iter([latents[:1], latents[1:]])
-    run = LongGeneration(pipe, None, max_tokens=100, new_blocks=1, stop_at_eos=False, max_repeat=1.0)
-    run._group = lambda context, held: next(groups)
-    run._ids = lambda group: [blocks[0] if torch.equal(group, latents[:1]) else blocks[1]]
+    drawn = iter([0] + [1] * 20)
+    widths = []
+
+    def draw(context, held):
+        widths.append(context.shape[1] // cfg.latents_per_block)
+        return torch.zeros(1, cfg.latents_per_block, cfg.latent_channels)
+
+    run = LongGeneration(pipe, "Zizzi is a cheap pub near the river", max_tokens=100, new_blocks=1,
+                         stop_at_eos=False, max_repeat=1.0, patience=2)
+    run._group, run._ids = draw, lambda group: [blocks[next(drawn)]]
     texts = [chunk for (chunk,) in run]
-    assert texts == ["Zizzi is a cheap pub", ""] and run.stop_reasons == ["eos"]
+    # the context (5 blocks at most, 1 written) halves after each all-EOS group, 5 → 2 → 1 → 0 blocks; then 2 more
+    # groups with none and nothing held end it
+    assert texts[1:] == [" Zizzi is a cheap pub"] + [""] * 5 and run.stop_reasons == ["eos"]
+    assert widths == [1, 1, 1, 1, 0, 0]
+
+
+def test_without_eos_the_document_goes_on_from_its_own_text(make_pipeline):
+    """A model whose every group ends its text still writes to max_tokens: each group's context is the text so far
+    encoded again (complete blocks; the partial one held), never the ending it drew."""
+    pipe = make_pipeline()
+    cfg = pipe.vae.config
+    words = pipe.tokenizer("Zizzi is a cheap pub", add_special_tokens=False)["input_ids"]
+    encoded, held_seen = [], []
+    encode = pipe.vae.encode_sequence
+
+    def spy(ids, mask=None):
+        encoded.append(ids.reshape(-1).tolist())
+        return encode(ids, mask)
+
+    def draw(context, held):
+        held_seen.append(held)
+        return torch.zeros(1, cfg.latents_per_block, cfg.latent_channels)
+
+    def ids(group):  # the model writes the held tokens, the sentence and an end-of-text, cut to one block
+        partial = list(held_seen[-1][0].values())[0] if held_seen[-1] and held_seen[-1][0] else []
+        row = (partial + words + [cfg.eos_token_id] + [cfg.pad_token_id] * cfg.block_length)[: cfg.block_length]
+        return [row]
+
+    pipe.vae.encode_sequence = spy
+    run = LongGeneration(pipe, None, max_tokens=60, new_blocks=1, stop_at_eos=False, max_repeat=1.0)
+    run._group, run._ids = draw, ids
+    text = "".join(chunk for (chunk,) in run)
+    assert run.stop_reasons == ["length"] and run.token_counts == [60]
+    assert len(text.split()) == 60 and set(text.split()) == set("Zizzi is a cheap pub".split())
+    assert encoded and all(cfg.eos_token_id not in row and cfg.pad_token_id not in row for row in encoded)
+    assert any(held and held[0] for held in held_seen)  # a partial block was carried over and held
 
 
 def test_a_prompt_longer_than_max_tokens_ends_the_document(make_pipeline):

@@ -25,9 +25,11 @@ class LongGeneration:
     block is finished in the first group with its tokens held. Anti-loop: a group whose token 4-grams repeat more
     than ``max_repeat`` of the last ``history`` tokens is resampled up to ``retries`` times (the least repetitive
     draw is kept), and a document stops after ``patience`` looping groups in a row. A document also stops at
-    ``max_tokens`` tokens (``token_counts``) or at its end-of-text (with ``stop_at_eos=False``, EOS tokens are
-    dropped and the document goes on until a group is all EOS). ``stop_reasons`` and ``resampled`` (extra
-    draws) report it.
+    ``max_tokens`` tokens (``token_counts``) or at its end-of-text. With ``stop_at_eos=False`` EOS and padding are
+    dropped and each group's context is encoded again from the text so far (its last complete blocks, the trailing
+    partial block held), so the model never reads an ending; after a group of nothing but EOS the context is
+    halved, down to none and nothing held (a new text starts), and only ``patience`` such groups in a row from
+    there end the document. ``stop_reasons`` and ``resampled`` (extra draws) report it.
     """
 
     def __init__(
@@ -115,32 +117,34 @@ class LongGeneration:
         full = len(prompt_ids) // length
         keep = (self.window - self.new_blocks) * k
         context = prompt_latents[max(0, len(prompt_latents) - keep) :][None].expand(self.num_documents, -1, -1)
-        partial = prompt_ids[full * length :]
-        held = [{context.shape[1] // k: partial}] * self.num_documents if partial else None
+        partials = [prompt_ids[full * length :]] * self.num_documents
+        unsent = partials  # held tokens not yet in the output: the prompt's partial block
+        held = [{context.shape[1] // k: p} for p in partials] if partials[0] else None
         histories = [deque(prompt_ids[-self.history_size :], maxlen=self.history_size)
                      for _ in range(self.num_documents)]
         counts = self.token_counts = [len(prompt_ids)] * self.num_documents
-        looping = [0] * self.num_documents
+        looping, silent = [0] * self.num_documents, [0] * self.num_documents
         if prompt_ids:
             yield [pipe.tokenizer.decode(prompt_ids[: full * length])] * self.num_documents
         while any(reason is None for reason in self.stop_reasons):
-            latents, ids, overlap = self._least_repetitive(context, held, histories, len(partial))
+            latents, ids, overlap = self._least_repetitive(context, held, histories, list(map(len, partials)))
             texts = []
-            for doc, row in enumerate(ids):
+            for doc, (row, partial) in enumerate(zip(ids, partials)):
                 if self.stop_reasons[doc] is not None:
                     texts.append("")
                     continue
-                row = partial + row[len(partial) :]  # the prompt's tokens verbatim (the VAE may not reproduce them)
+                row = partial + row[len(partial) :]  # held tokens verbatim (the VAE may not reproduce them)
                 if eos in row[len(partial) :] and self.stop_at_eos:
                     row = row[: row.index(eos, len(partial))]
                     self.stop_reasons[doc] = "eos"
                 row = partial + self._clean(row[len(partial) :])
-                if len(row) == len(partial) and not self.stop_at_eos:  # a group of nothing but EOS ends it too
-                    self.stop_reasons[doc] = "eos"
+                silent[doc] = silent[doc] + 1 if len(row) == len(partial) else 0
+                if silent[doc] >= self.patience + (keep // k).bit_length() and not self.stop_at_eos:
+                    self.stop_reasons[doc] = "eos"  # not even a new text starts
                 row = row[: len(partial) + max(0, self.max_tokens - counts[doc])]
                 counts[doc] += len(row) - len(partial)
-                before = list(histories[doc])
-                texts.append(self._decode_after(before[: len(before) - len(partial)][-8:], row))
+                before, pending = list(histories[doc]), len(unsent[doc])
+                texts.append(self._decode_after(before[: len(before) - pending][-8:], row[len(partial) - pending :]))
                 histories[doc].extend(row[len(partial) :])
                 looping[doc] = looping[doc] + 1 if overlap[doc] > self.max_repeat else 0
                 if self.stop_reasons[doc] is None and counts[doc] >= self.max_tokens:
@@ -148,8 +152,30 @@ class LongGeneration:
                 elif self.stop_reasons[doc] is None and looping[doc] >= self.patience:
                     self.stop_reasons[doc] = "loop"
             yield texts
-            context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
-            held, partial = None, []
+            if self.stop_at_eos:
+                context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
+                held, partials = None, [[]] * self.num_documents
+            else:
+                active = [quiet for quiet, reason in zip(silent, self.stop_reasons) if reason is None] or [0]
+                context, held, partials = self._text_context(histories, (keep // k) >> max(active))
+            unsent = [[]] * self.num_documents
+
+    def _text_context(self, histories: list[deque], blocks: int):
+        """The next group's context encoded from each document's text so far: its last complete blocks (at most
+        ``blocks``, as many as every document has), and its trailing partial block, to be held; returns the
+        context latents (D, n·K, C), the held tokens and the partial blocks."""
+        length = self.pipe.vae.config.block_length
+        texts = [list(history) for history in histories]
+        ends = [len(text) - len(text) % length for text in texts]  # where each trailing partial block starts
+        n = min([blocks, *(end // length for end in ends)])
+        partials = [text[end:] for text, end in zip(texts, ends)]
+        device = self.pipe._execution_device
+        ids = torch.tensor([text[end - n * length : end] for text, end in zip(texts, ends)], device=device)
+        context = self.pipe.vae.encode_sequence(ids.view(len(texts), -1)) if n else torch.zeros(
+            len(texts), 0, self.pipe.vae.config.latent_channels, device=device)
+        if blocks == 0:  # a new text: nothing carried over
+            partials = [[] for _ in partials]
+        return context, [{n: p} if p else {} for p in partials], partials
 
     def _clean(self, ids: list[int]) -> list[int]:
         """Generated ids without padding, and without EOS when it does not end the document."""
@@ -164,13 +190,15 @@ class LongGeneration:
         head, full = decode(before), decode(before + ids)
         return full[len(head) :] if full.startswith(head) else decode(ids)
 
-    def _least_repetitive(self, context, held, histories, skip: int):
-        """The next group (latents, token ids, 4-gram overlap per document), resampling looping ones."""
+    def _least_repetitive(self, context, held, histories, skips: list[int]):
+        """The next group (latents, token ids, 4-gram overlap per document, read after each document's ``skips``
+        held tokens), resampling looping ones."""
         best = None
         for attempt in range(self.retries + 1):
             latents = self._group(context, held)
             ids = self._ids(latents)
-            overlap = torch.tensor([repeated_share(self._clean(row[skip:]), list(h)) for row, h in zip(ids, histories)])
+            overlap = torch.tensor([repeated_share(self._clean(row[skip:]), list(h))
+                                    for row, h, skip in zip(ids, histories, skips)])
             if best is None:
                 best = (latents, ids, overlap)
             else:
