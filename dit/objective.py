@@ -54,13 +54,16 @@ class DiffusionObjective:
     def __init__(self, family: str = "vp", prediction_type: str = "v_prediction", num_train_timesteps: int = 1000,
                  beta_schedule: str = "squaredcos_cap_v2", timestep_sampling: str = "uniform",
                  logit_mean: float = 0.0, logit_std: float = 1.0,
-                 alphas_cumprod: torch.Tensor | None = None) -> None:
+                 alphas_cumprod: torch.Tensor | None = None, min_snr_gamma: float | None = None) -> None:
         if family not in ("vp", "flow"):
             raise ValueError(f"objective must be 'vp' or 'flow', got '{family}'")
         if family == "vp" and prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got '{prediction_type}'")
         if timestep_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"timestep_sampling must be 'uniform' or 'logit_normal', got '{timestep_sampling}'")
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+        self.min_snr_gamma = min_snr_gamma
         self.family = family
         self.prediction_type = "flow_prediction" if family == "flow" else prediction_type
         self.num_train_timesteps = num_train_timesteps
@@ -105,6 +108,18 @@ class DiffusionObjective:
             s = sigma * a
         shape = (-1,) + (1,) * (like.ndim - 1)
         return a.to(like.dtype).reshape(shape), s.to(like.dtype).reshape(shape)
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights (B,) of the regression loss at timesteps ``t``: ones, or with ``min_snr_gamma`` the
+        Min-SNR-γ weighting, min(SNR, γ) times the factor that turns this prediction type's squared error into the
+        clean latents' squared error (SNR = a²/s²)."""
+        t = torch.as_tensor(t).float().reshape(-1)
+        if self.min_snr_gamma is None:
+            return torch.ones_like(t)
+        a, s = self._coefficients(t, t)
+        snr = (a / s.clamp(min=1e-8)).pow(2)
+        to_x0 = {"epsilon": 1 / snr.clamp(min=1e-8), "sample": torch.ones_like(snr)}.get(self.prediction_type, s**2)
+        return snr.clamp(max=self.min_snr_gamma) * to_x0
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, s = self._coefficients(t, x0)

@@ -57,6 +57,24 @@ def test_objective_conversions_are_consistent(objective, prediction):
     torch.testing.assert_close(obj.from_x0(x_t, x0, t), target, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("objective,prediction", [("vp", "epsilon"), ("vp", "v_prediction"), ("vp", "sample"),
+                                                   ("flow", "v_prediction")])
+def test_min_snr_weights_the_clean_latent_error_by_min_snr_gamma(objective, prediction):
+    """weight(t)·|output error|² = min(SNR, γ)·|clean-latent error|² for every parametrization, and no weighting
+    without γ."""
+    gamma = 5.0
+    obj = DiffusionObjective(objective, prediction, min_snr_gamma=gamma)
+    t = torch.tensor([10.0, 200.0, 500.0, 800.0, 990.0])
+    x0, noise, error = torch.randn(5, 6, 4), torch.randn(5, 6, 4), 1e-2 * torch.randn(5, 6, 4)
+    x_t = obj.add_noise(x0, noise, t)
+    x0_error = obj.to_x0(x_t, obj.target(x0, noise, t) + error, t) - x0
+    a, s = obj._coefficients(t, t)
+    expected = (a / s).pow(2).clamp(max=gamma) * x0_error.pow(2).sum((1, 2))
+    torch.testing.assert_close(obj.loss_weight(t) * error.pow(2).sum((1, 2)), expected, rtol=1e-3, atol=1e-7)
+    assert obj.loss_weight(t).max() <= gamma + 1e-6
+    assert torch.equal(DiffusionObjective(objective, prediction).loss_weight(t), torch.ones(5))
+
+
 def test_vp_noising_matches_diffusers_scheduler():
     from diffusers import DDPMScheduler
 
@@ -74,3 +92,5 @@ def test_bad_objective_arguments():
         DiffusionObjective("vp", "x0")
     with pytest.raises(ValueError, match="timestep_sampling"):
         DiffusionObjective("vp", timestep_sampling="cosine")
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        DiffusionObjective("vp", min_snr_gamma=0.0)

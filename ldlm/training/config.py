@@ -185,6 +185,7 @@ class DiffusionConfig:
     timestep_sampling: str = "uniform"  # uniform | logit_normal
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    min_snr_gamma: Optional[float] = None  # Min-SNR-γ loss weighting (e.g. 5.0); None: unweighted
     scheduler: str = "dpm++"  # saved with the pipeline: ddpm | ddim | dpm++ | euler | unipc | flow-euler | flow-heun
     shift: float = 1.0  # flow schedulers' timestep shift
     self_condition: float = 0.5  # probability a training batch feeds back the model's own x0 estimate
@@ -197,7 +198,8 @@ class DiffusionConfig:
         try:
             scheduler = make_scheduler(self.scheduler, self.num_train_timesteps, self.beta_schedule,
                                        self.prediction_type, self.shift)
-            DiffusionObjective(self.objective, self.prediction_type, timestep_sampling=self.timestep_sampling)
+            DiffusionObjective(self.objective, self.prediction_type, timestep_sampling=self.timestep_sampling,
+                               min_snr_gamma=self.min_snr_gamma)
         except (ValueError, NotImplementedError) as err:  # diffusers raises the latter for an unknown beta_schedule
             raise LdlmError(f"config error in diffusion: {str(err).splitlines()[0]}") from None
         if is_flow_scheduler(scheduler) != (self.objective == "flow"):

@@ -39,7 +39,7 @@ class LatentDiTModule(L.LightningModule):
         self.diff = d
         self.objective = DiffusionObjective(d["objective"], d["prediction_type"], d["num_train_timesteps"],
                                             d["beta_schedule"], d["timestep_sampling"], d["logit_mean"],
-                                            d["logit_std"])
+                                            d["logit_std"], min_snr_gamma=d["min_snr_gamma"])
         self.val_buckets = nn.ModuleList(MeanMetric() for _ in range(BUCKETS))
 
     def on_fit_start(self) -> None:
@@ -65,7 +65,7 @@ class LatentDiTModule(L.LightningModule):
             fully_shard(model, mesh=mesh)
 
     def _common_step(self, batch: dict[str, torch.Tensor], train: bool, generator: torch.Generator | None = None):
-        """Per-window loss (over non-context latents) and each window's timestep bucket."""
+        """Per-window loss (over non-context latents), its training weight and each window's timestep bucket."""
         x0 = batch["latents"]
         b, n, _ = x0.shape
         k = self.transformer.config.latents_per_block
@@ -90,12 +90,12 @@ class LatentDiTModule(L.LightningModule):
         weight = (~context).float()
         per_sample = (per_latent * weight).sum(1) / weight.sum(1).clamp(min=1)
         bucket = (t / self.objective.num_train_timesteps * BUCKETS).long().clamp(max=BUCKETS - 1)
-        return per_sample, bucket
+        return per_sample, self.objective.loss_weight(t).to(per_sample), bucket
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        per_sample, bucket = self._common_step(batch, train=True)
-        loss = per_sample.mean()
-        self.log("train/loss", loss)
+        per_sample, weight, bucket = self._common_step(batch, train=True)
+        loss = (weight * per_sample).mean()
+        self.log("train/loss", per_sample.mean())
         for i in range(BUCKETS):
             if (bucket == i).any():  # training logs are per process and per step: no cross-rank sync to pair up
                 self.log(f"train/loss_t{i}", per_sample[bucket == i].mean())
@@ -103,7 +103,7 @@ class LatentDiTModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         generator = torch.Generator(device=batch["latents"].device).manual_seed(batch_idx)
-        per_sample, bucket = self._common_step(batch, train=False, generator=generator)
+        per_sample, _, bucket = self._common_step(batch, train=False, generator=generator)
         self.log("val/loss", per_sample.mean(), sync_dist=True, batch_size=len(per_sample))
         self.log("val_loss", per_sample.mean(), prog_bar=True, logger=False, sync_dist=True,
                  batch_size=len(per_sample))
