@@ -60,11 +60,14 @@ def main() -> None:
     parser.add_argument("--vae", default=None, help="decode with this VAE (+ tokenizer/) instead of the pipeline's")
     parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output); no AR rows without it")
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 100])
+    parser.add_argument("--steps", type=int, nargs="*", default=[10, 25, 100])
     parser.add_argument("--snap", type=float, nargs="*", default=[], help="also sample at each step count with "
                         "each of these snapping fractions (see LatentDiffusionLMPipeline.denoise)")
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.3, 0.5])
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.8])
+    parser.add_argument("--dit-temperatures", type=float, nargs="+", default=[1.0], help="sample ldlm at each "
+                        "step count with each of these starting-noise temperatures")
+    parser.add_argument("--sigmas", type=float, nargs="*", default=[0.0, 0.3, 0.5])
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.8], help="AR sampling temperatures")
+    parser.add_argument("--mauve-features", default="minilm", help="minilm | none (skips MAUVE)")
     parser.add_argument("--references", default=str(SHARED / "test.jsonl"))
     parser.add_argument("--train", default=str(SHARED / "train.jsonl"))
     parser.add_argument("--ppl-model", default="smollm2")
@@ -96,9 +99,11 @@ def main() -> None:
         systems[name], accuracy[name] = reconstruct(pipe.vae, pipe.tokenizer, references, sigma, args.seed)
     for steps in args.steps:
         for snap in [0.0, *args.snap]:
-            name = f"ldlm, {steps} steps" + (f", snap {snap:g}" if snap else "")
-            systems[name] = sample_texts(pipe, args.samples, steps, args.seed, snap=snap)
-            print(f"sampled {name}", flush=True)
+            for temperature in args.dit_temperatures:
+                name = (f"ldlm, {steps} steps" + (f", snap {snap:g}" if snap else "")
+                        + (f", T={temperature:g}" if temperature != 1 else ""))
+                systems[name] = sample_texts(pipe, args.samples, steps, args.seed, snap=snap, temperature=temperature)
+                print(f"sampled {name}", flush=True)
     if args.ar is not None:
         model, tokenizer = load_ar(args.ar)
         if tokenizer.get_vocab() != pipe.tokenizer.get_vocab():
@@ -110,7 +115,8 @@ def main() -> None:
                 model.to(args.device), tokenizer, None, args.samples, max_new_tokens=window,
                 temperature=temperature, generator=generator)
     rows = evaluate_systems(systems, mauve_set, tokenizer=pipe.tokenizer, ppl_model=args.ppl_model,
-                            mauve_features="minilm", seed=args.seed, device=args.device, reference_row=False)
+                            mauve_features=None if args.mauve_features == "none" else args.mauve_features,
+                            seed=args.seed, device=args.device, reference_row=False)
     for name, row in rows.items():
         row["ppl_ratio"] = row["gen_ppl"] / rows["references"]["gen_ppl"]
         row["unigram_entropy"] = unigram_entropy(systems[name], pipe.tokenizer)
@@ -131,7 +137,7 @@ def table(rows: dict[str, dict]) -> str:
     for name, r in rows.items():
         acc = f"{100 * r['token_accuracy']:.2f} %" if r["token_accuracy"] is not None else ""
         lines.append(f"| {name} | {r['gen_ppl']:.1f} | {r['ppl_ratio']:.2f} | {r['unigram_entropy']:.2f} | "
-                     f"{r['mauve']:.3f} | {r['diversity']:.3f} | {acc} |")
+                     f"{'' if r.get('mauve') is None else format(r['mauve'], '.3f')} | {r['diversity']:.3f} | {acc} |")
     return "\n".join(lines)
 
 

@@ -65,6 +65,8 @@ def _check_sampling(args: argparse.Namespace, texts: list[str] = (), what: str =
             raise LdlmError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
     if not 0 <= args.snap <= 1:
         raise LdlmError(f"--snap must be a fraction of the steps in [0, 1], got {args.snap}")
+    if not 0 < args.temperature <= 2:
+        raise LdlmError(f"--temperature must lie in (0, 2], got {args.temperature}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", args.device):
         raise LdlmError(f"unknown device '{args.device}' (cpu, cuda, cuda:N or mps)")
     with _user_errors():
@@ -113,7 +115,7 @@ def _generate(args: argparse.Namespace) -> None:
     guidance = _guidance(args)
     pipe, generator = _pipeline_and_generator(args, args.scheduler)
     sampling = dict(num_blocks=args.num_blocks, num_inference_steps=args.steps, generator=generator,
-                    guidance=guidance, snap=args.snap)
+                    guidance=guidance, snap=args.snap, temperature=args.temperature)
     with _user_errors():
         if args.prompt:
             out = pipe(args.prompt, guidance_scale=args.guidance_scale, num_samples_per_prompt=args.num_samples,
@@ -145,7 +147,7 @@ def _infill(args: argparse.Namespace) -> None:
     with _user_errors():
         out = pipe.infill([None if s == "_" else s for s in args.segments], gap_blocks=args.gap_blocks,
                           method=args.method, num_samples_per_prompt=args.num_samples, num_inference_steps=args.steps,
-                          snap=args.snap, generator=generator)
+                          snap=args.snap, temperature=args.temperature, generator=generator)
     for text in out.texts:
         print(text.replace("\n", " "))
 
@@ -167,7 +169,8 @@ def _longgen(args: argparse.Namespace) -> None:
     pipe, generator = _pipeline_and_generator(args)
     with _user_errors():
         run = LongGeneration(pipe, args.prompt, args.max_tokens, new_blocks=args.new_blocks,
-                             num_inference_steps=args.steps, snap=args.snap, generator=generator,
+                             num_inference_steps=args.steps, snap=args.snap, temperature=args.temperature,
+                             generator=generator,
                              stop_at_eos=not args.ignore_eos,
                              max_repeat=args.max_repeat)
     with open(target, "w", encoding="utf-8") as handle, tqdm(total=args.max_tokens, unit="tok") as bar:
@@ -225,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=25, help="denoising steps")
     p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
                    "last fraction of the steps (0: never, 1: every step)")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise: below 1 trades "
+                   "diversity for fluency at no cost")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scheduler", default=None, help="ddpm | ddim | dpm++ | euler | unipc (vp models); "
                    "flow-euler | flow-heun (flow models); default: the pipeline's own")
@@ -250,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
                    "last fraction of the steps (0: never, 1: every step)")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise: below 1 trades "
+                   "diversity for fluency at no cost")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_infill)
@@ -266,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
                    "last fraction of the steps (0: never, 1: every step)")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise: below 1 trades "
+                   "diversity for fluency at no cost")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-text tokens")
     p.add_argument("--max-repeat", type=float, default=0.5, help="anti-loop: resample a group when more than this "

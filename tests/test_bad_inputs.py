@@ -34,6 +34,7 @@ def _fails(argv: list[str], message: str, capsys) -> None:
     (["--steps", "1000000000"], "num_inference_steps must be an integer in 1..1000"),
     (["--steps", "5000"], "num_inference_steps must be an integer in 1..1000"),
     (["--num-samples", "0"], "--num-samples must be a positive integer"),
+    (["--temperature", "0"], "--temperature must lie in (0, 2]"),
     (["--device", "cpux"], "unknown device 'cpux'"),
     (["--prompt", ""], "prompt 1 must be a non-empty string"),
     (["--prompt", "bad \udcff byte"], "prompt 1 is not valid UTF-8"),
@@ -79,6 +80,7 @@ def test_mistakes_the_arguments_show_fail_before_torch_loads(model):
     ({"prompt": "", "guidance_scale": 2.0}, "prompt 0 must be a non-empty string"),
     ({"prompt": "x\ud800"}, "prompt 0 is not valid UTF-8"),
     ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale must be a finite"),
+    ({"temperature": 0}, "temperature must be a number in"), ({"temperature": float("nan")}, "temperature"),
 ])
 def test_pipeline_refuses(make_pipeline, kwargs, message):
     with pytest.raises(ValueError, match=message):

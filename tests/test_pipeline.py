@@ -183,6 +183,15 @@ def test_given_starting_latents_replace_the_drawn_noise(make_pipeline):
         pipe(batch_size=2, num_blocks=4, num_inference_steps=3, latents=noise[:1])
 
 
+def test_temperature_scales_the_starting_noise(make_pipeline):
+    pipe = make_pipeline()
+    noise = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(3))
+    sample = lambda latents, **kw: pipe(batch_size=2, num_inference_steps=3, latents=latents,  # noqa: E731
+                                        output_type="latent", **kw).latents
+    cold = sample(noise, temperature=0.5)
+    assert torch.equal(cold, sample(0.5 * noise)) and not torch.allclose(cold, sample(noise))
+
+
 def test_step_callback_sees_and_can_replace_the_latents(make_pipeline):
     pipe = make_pipeline()
     calls = []

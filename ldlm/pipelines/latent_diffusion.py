@@ -88,7 +88,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         return objective
 
     def check_inputs(self, num_inference_steps: int, guidance_scale: float, guidance, num_samples_per_prompt: int = 1,
-                     output_type: str = "text", snap: float = 0.0) -> None:
+                     output_type: str = "text", snap: float = 0.0, temperature: float = 1.0) -> None:
         """ValueError for the arguments every entry point shares, and for a scheduler that does not fit the
         transformer (see :attr:`objective`)."""
         if not isinstance(num_samples_per_prompt, int) or num_samples_per_prompt < 1:
@@ -104,6 +104,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                              "ldlm.pipelines.guidance.GradientGuidance")
         if isinstance(snap, bool) or not isinstance(snap, (int, float)) or not 0 <= snap <= 1:
             raise ValueError(f"snap must be a fraction of the steps in [0, 1], got {snap!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature <= 2:
+            raise ValueError(f"temperature must be a number in (0, 2], got {temperature!r}")
         if output_type not in ("text", "latent"):
             raise ValueError(f"output_type must be 'text' or 'latent', got {output_type!r}")
         _ = self.objective
@@ -162,6 +164,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         guidance: Callable | None = None,
         replace: bool = False,
         snap: float = 0.0,
+        temperature: float = 1.0,
         latents: torch.Tensor | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
@@ -172,10 +175,11 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         into every clean estimate. ``guidance(pipe, x0, t)`` returns an improved clean estimate (gradient guidance).
         ``snap``: in this last fraction of the steps the clean estimate is snapped onto the VAE's code (decoded to
         tokens and encoded again, :meth:`TextVAE.snap_sequence`): one decoder and encoder pass per such step.
+        ``temperature`` scales the starting noise: below 1 the sampler trades diversity for fluency, at no cost.
         ``latents``: the starting noise (B, N, C), drawn from ``generator`` when None.
         ``callback_on_step_end(pipe, i, t, {name: value})`` sees the step's locals named in
         ``callback_on_step_end_tensor_inputs`` after each step and may return new ``latents``."""
-        self.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap, temperature=temperature)
         objective = self.objective
         held = held if held and any(held) else None  # rows with nothing held are no work
         b, n, c = known.shape
@@ -193,7 +197,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         if latents is None:
             latents = randn_tensor((b, n, c), generator=generator, device=device, dtype=torch.float32)
-        latents = latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        latents = latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0) * temperature
         bound = DIVERGED * float(getattr(self.scheduler, "init_noise_sigma", 1.0))
         accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         step_kwargs = {"generator": generator} if accepts_generator else {}
@@ -252,6 +256,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
         snap: float = 0.0,
+        temperature: float = 1.0,
         latents: torch.Tensor | None = None,
         output_type: str = "text",
         callback_on_step_end: StepCallback | None = None,
@@ -260,12 +265,13 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
     ) -> LatentDiffusionLMOutput | tuple:
         """Generate ``num_samples_per_prompt`` texts per prompt (or per each of ``batch_size`` unconditional rows,
         default 1) of ``num_blocks`` blocks (default: the transformer's window), prompt included. ``guidance``,
-        ``snap``, ``latents`` and the callback are as for :meth:`denoise`."""
+        ``snap``, ``temperature``, ``latents`` and the callback are as for :meth:`denoise`."""
         num_blocks = self.transformer.config.max_blocks if num_blocks is None else num_blocks
         max_blocks = self.transformer.config.max_blocks
         if not isinstance(num_blocks, int) or not 1 <= num_blocks <= max_blocks:
             raise ValueError(f"num_blocks must be an integer in 1..{max_blocks}, got {num_blocks!r}")
-        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type, snap)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type, snap,
+                          temperature)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if prompts is not None and (not isinstance(prompts, list) or not prompts):
             raise ValueError("prompt must be a string or a non-empty list of strings")
@@ -285,7 +291,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                                  f"({length} tokens)")
         return self._generate(layouts, num_samples_per_prompt, output_type, return_dict,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              generator=generator, guidance=guidance, snap=snap, latents=latents,
+                              generator=generator, guidance=guidance, snap=snap, temperature=temperature,
+                              latents=latents,
                               callback_on_step_end=callback_on_step_end,
                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
 
@@ -313,6 +320,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
         snap: float = 0.0,
+        temperature: float = 1.0,
         latents: torch.Tensor | None = None,
         output_type: str = "text",
         callback_on_step_end: StepCallback | None = None,
@@ -331,11 +339,12 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         if (not isinstance(segments, list) or not any(isinstance(s, str) for s in segments)
                 or not all(s is None or isinstance(s, str) for s in segments)):
             raise ValueError("segments must be a list of strings and None (gaps) with at least one string")
-        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type, snap)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type, snap,
+                          temperature)
         return self._generate([self._infill_layout(segments, gap_blocks)], num_samples_per_prompt, output_type,
                               return_dict, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                               generator=generator, guidance=guidance, replace=method == "replace", snap=snap,
-                              latents=latents,
+                              temperature=temperature, latents=latents,
                               callback_on_step_end=callback_on_step_end,
                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
 
