@@ -206,6 +206,17 @@ def _eval(args: argparse.Namespace) -> None:
     eval_command(args)
 
 
+def _sampling_options(p: argparse.ArgumentParser) -> None:
+    """The sampler options every generating command has."""
+    p.add_argument("--steps", type=int, default=25, help="denoising steps")
+    p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
+                   "last fraction of the steps (0: never, 1: every step)")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise: below 1 trades "
+                   "diversity for fluency at no cost")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldlm", description="Latent diffusion language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,12 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="pipeline folder (default: checkpoints/ldlm-e2e-smollm2)")
     p.add_argument("--prompt", nargs="+", default=None, help="one or more prompts to continue")
     p.add_argument("--num-samples", type=int, default=4, help="samples (per prompt)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps")
-    p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
-                   "last fraction of the steps (0: never, 1: every step)")
-    p.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise: below 1 trades "
-                   "diversity for fluency at no cost")
-    p.add_argument("--seed", type=int, default=0)
+    _sampling_options(p)
     p.add_argument("--scheduler", default=None, help="ddpm | ddim | dpm++ | euler | unipc (vp models); "
                    "flow-euler | flow-heun (flow models); default: the pipeline's own")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance on the prompt")
@@ -243,7 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "for the shipped pipeline: checkpoints/e2e-guidance/content)")
     p.add_argument("--guidance-steps", type=int, default=3, help="gradient steps per denoising step")
     p.add_argument("--guidance-lr", type=float, default=0.3, help="gradient guidance step size")
-    p.add_argument("--device", default="cpu")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("infill", help="generate around fixed text: ldlm infill 'First.' _ 'Last.'")
@@ -252,13 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap-blocks", type=int, default=1, help="blocks generated for each _")
     p.add_argument("--method", default="condition", help="condition (clean context) | replace (re-noised)")
     p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
-                   "last fraction of the steps (0: never, 1: every step)")
-    p.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise: below 1 trades "
-                   "diversity for fluency at no cost")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    _sampling_options(p)
     p.set_defaults(func=_infill)
 
     p = sub.add_parser("longgen", help="generate a long document block by block into a file")
@@ -270,16 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--new-blocks", type=int, default=None, help="blocks generated per group (default: half the "
                    "window; the rest of the window is context)")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
-                   "last fraction of the steps (0: never, 1: every step)")
-    p.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise: below 1 trades "
-                   "diversity for fluency at no cost")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ignore-eos", action="store_true", help="go on past end-of-text tokens")
+    _sampling_options(p)
+    p.add_argument("--ignore-eos", action="store_true", help="go on to --max-tokens whatever the model does at a "
+                   "block end")
     p.add_argument("--max-repeat", type=float, default=0.5, help="anti-loop: resample a group when more than this "
                    "share of its 4-grams repeats recent text")
-    p.add_argument("--device", default="cpu")
     p.set_defaults(func=_longgen)
 
     p = sub.add_parser("features", help="precompute teacher features (split over processes under torchrun)")
