@@ -25,11 +25,11 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
-        'Cocum is a expensive price range a restaurant that serves English coffee shop with Centre near the '
-        'City Portland attire.',
-        'ad BBC menande low cheap-friendly serves English food with is The Wrestung. It is a rating.',
-        'The moon. has is wild by coffee shop with licence rating price prices are doors. It is located '
-        'friendly and a price range for less\xa0.',
+        'Cocns is a expensive price range a restaurant that serves English coffee shop with Centre near the '
+        'Raja Portland attire.',
+        'usingṃ ship Prize has family-friendly serves English food with is The Wrestung. It is high rating.',
+        'The moon. has is wild by coffee shop with licence rating price prices are food. It is located '
+        'friendly and a kid range for less\xa0.',
     ]
 
 
@@ -37,7 +37,7 @@ def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
         'Clowns is a expensive price range a restaurant that serves English coffee shop with centre near the '
         'city Portland attire.',
-        'Theṃ House controlled low cheap-friendly serves English food with is The Wresties. It is a Bedford.',
+        'Fitzbillies is family-friendly serves English food with is The Wresties. It is a rating.',
     ]
 
 
@@ -45,22 +45,22 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high the city centre '
-        'area. city centre, has5 price range.',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- English food of '
-        'a the city out of city centre. It  river, with not skills but to  centre, and it is not not',
-        'Zizzi is a a coffee shop is a coffee shop near Café Sic_ serves  food, more than two.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high the city centre. '
+        ' city centre and near. children food.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- city centre in '
+        'the 1 out of city centre. It 1 out of a restaurant with a 5.',
+        'Zizzi is a coffee shop in is a coffee shop near Burger King and serves fast food, more than man.',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. eds restaurant Bedford.0 a. It is '
+        'The Mill is a pub near the river that serves cheap English food. eds restaurant Bedford.. The. It is '
         'family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.. It range. It has Cambridge.ab and '
-        'one food in the gear It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food.. It range. It has Eagle.. and one '
+        'food of the moderate It is family friendly.',
     ]
 
 
@@ -70,9 +70,8 @@ def test_long_generation_groups(pipe):
     assert list(run) == [
         ["", ""],
         [
-            'The Eagle is a an piece coffee restaurant English environment coffee Prize near The moon located and '
-            'isnd nearby.',
-            'The Eagle is eat near Urban books city area a A rivers price',
+            'The Eagle is a it serves coffee restaurant food with a £ range and system remn body is a adjacent.',
+            'The Eagle is rivers French Hotel, city area a G rivers lengths Palace.',
         ],
     ]
 
@@ -80,8 +79,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'unched but Italian food. a price more environment, of the and is near partial Italian food.\n it to '
-        'for is by on food which, fame. This',
+        'idences on Italian coffee. a food near nation, of the and is near beyond Italian food.  only to for '
+        'is form, food which the costs,0',
     ]
 
 
