@@ -11,7 +11,8 @@ num_blocks=tokens / L)``) plus the VAE decode; a longer one runs ``LongGeneratio
 (``new_blocks`` new blocks denoised after the clean context of the blocks before them, then the VAE decode) for
 ⌈tokens / (new_blocks·L)⌉ groups.
 Iterating LongGeneration itself would not give a fixed amount of work: with ``stop_at_eos=False`` it drops EOS
-tokens before counting towards ``max_tokens`` and ends a document at a group of nothing but EOS. AR: ``generate``
+tokens before counting towards ``max_tokens``, encodes its context again from the text and resamples silent groups.
+AR: ``generate``
 with the KV cache, sampling ``tokens`` new tokens per row (``stop_at_eos=False``).
 
 Timing is interleaved so that a busy machine slows both systems alike: for each batch size and output length, every

@@ -80,6 +80,11 @@ def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = No
 
     from ldlm.pipelines.loading import load_pipeline
 
+    index = int(args.device.partition(":")[2] or 0)
+    if args.device == "mps" and not torch.backends.mps.is_available():
+        raise LdlmError("device 'mps' requested but MPS is not available")
+    if args.device.startswith("cuda") and torch.cuda.is_available() and index >= torch.cuda.device_count():
+        raise LdlmError(f"device '{args.device}' requested but there are {torch.cuda.device_count()} CUDA devices")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise LdlmError(f"device '{args.device}' requested but CUDA is not available")
     return load_pipeline(args.model, scheduler).to(args.device), torch.Generator(args.device).manual_seed(args.seed)
@@ -108,8 +113,8 @@ def _guidance(args: argparse.Namespace):
 
 def _generate(args: argparse.Namespace) -> None:
     _check_sampling(args, args.prompt or [])
-    if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
-        raise LdlmError(f"--guidance-scale must be a finite non-negative number, got {args.guidance_scale}")
+    if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 1):
+        raise LdlmError(f"--guidance-scale must be a finite number ≥ 1 (1: off), got {args.guidance_scale}")
     if args.guidance_scale != 1 and not args.prompt:
         raise LdlmError("--guidance-scale (classifier-free guidance on the prompt) needs --prompt")
     guidance = _guidance(args)
@@ -173,7 +178,8 @@ def _longgen(args: argparse.Namespace) -> None:
                              generator=generator,
                              stop_at_eos=not args.ignore_eos,
                              max_repeat=args.max_repeat)
-    with open(target, "w", encoding="utf-8") as handle, tqdm(total=args.max_tokens, unit="tok") as bar:
+    with open(target, "w", encoding="utf-8") as handle, tqdm(total=args.max_tokens, unit="tok") as bar, \
+            _user_errors():
         for (text,) in run:
             handle.write(text)
             handle.flush()

@@ -179,7 +179,7 @@ def test_a_resumed_run_keeps_its_history_and_cleans_up_after_kills(vae_dir, tmp_
 
 
 def test_early_stopping_exports_the_best_validated_weights(vae_dir, tmp_path):
-    out = tmp_path / "run"  # steps this small leave the float32 weights, and so the validation loss, unchanged
+    out = tmp_path / "run"  # steps this small leave the validation loss unchanged (the weights move by ~1e-30 at most)
     cfg = load_config(ARExperiment, None, _overrides(vae_dir, out, "train.early_stop=2", "train.val_every=5",
                                                      "train.lr=1e-30", "train.warmup_steps=0", "sample.every=0"))
     train_ar(cfg)
@@ -191,6 +191,12 @@ def test_early_stopping_exports_the_best_validated_weights(vae_dir, tmp_path):
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     last = load_tree(out / "checkpoints" / "last.safetensors")
     assert best["global_step"] < last["global_step"]
+    assert any(not torch.equal(v, last["state_dict"][k]) for k, v in best["state_dict"].items())  # tells them apart
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "train.resume=false", "train.max_steps=5",
+                                                        "sample.every=0")))  # a fresh run in the same folder
+    assert (out / "logs" / "metrics.1.csv").is_file() and (out / "checkpoints" / "best.1.safetensors").is_file()
+    assert not (out / "checkpoints" / "best.safetensors").exists()  # no early stopping this time
+    assert not (out / "logs" / "metrics.csv").exists()  # 5 steps log nothing: the earlier rows are in metrics.1.csv
 
 
 def test_load_ar_refuses_other_folders(vae_dir, tmp_path):

@@ -80,6 +80,8 @@ def test_mistakes_the_arguments_show_fail_before_torch_loads(model):
     ({"prompt": "", "guidance_scale": 2.0}, "prompt 0 must be a non-empty string"),
     ({"prompt": "x\ud800"}, "prompt 0 is not valid UTF-8"),
     ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale must be a finite"),
+    ({"prompt": "x", "guidance_scale": 0.5}, "guidance_scale must be a finite number ≥ 1"),
+    ({"generator": [None, None], "batch_size": 2}, "a list of 2"),
     ({"temperature": 0}, "temperature must be a number in"), ({"temperature": float("nan")}, "temperature"),
 ])
 def test_pipeline_refuses(make_pipeline, kwargs, message):
@@ -88,7 +90,7 @@ def test_pipeline_refuses(make_pipeline, kwargs, message):
 
 
 def test_a_sample_that_turns_non_finite_stops_with_an_error(make_pipeline):
-    with pytest.raises(FloatingPointError, match="diverged .* at step 1 of 2"):
+    with pytest.raises(FloatingPointError, match="the sample diverged"):
         make_pipeline()(LONG, guidance_scale=1e30, num_inference_steps=2)
 
 

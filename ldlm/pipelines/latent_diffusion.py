@@ -97,8 +97,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= limit:
             raise ValueError(f"num_inference_steps must be an integer in 1..{limit} (the scheduler's training "
                              f"timesteps), got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or not (math.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale must be a finite non-negative number, got {guidance_scale!r}")
+        if not isinstance(guidance_scale, (int, float)) or not (math.isfinite(guidance_scale) and guidance_scale >= 1):
+            raise ValueError(f"guidance_scale must be a finite number ≥ 1 (1: off), got {guidance_scale!r}")
         if guidance is not None and not callable(guidance):
             raise ValueError("guidance must be callable as guidance(pipe, x0, t), e.g. "
                              "ldlm.pipelines.guidance.GradientGuidance")
@@ -186,9 +186,9 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         device = known.device
         if latents is not None and latents.shape != (b, n, c):
             raise ValueError(f"latents must have the shape {(b, n, c)} of the window, got {tuple(latents.shape)}")
-        generators = generator if isinstance(generator, list) else [generator]
-        if not all(g is None or isinstance(g, torch.Generator) for g in generators) or (
-                isinstance(generator, list) and len(generator) != b):
+        if not (generator is None or isinstance(generator, torch.Generator) or (
+                isinstance(generator, list) and len(generator) == b
+                and all(isinstance(g, torch.Generator) for g in generator))):
             raise ValueError(f"generator must be a torch.Generator or a list of {b} (one per sample), got "
                              f"{generator!r}")
         flagged = torch.zeros_like(known_mask) if replace else known_mask
@@ -237,10 +237,9 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                     frame = locals()  # (a comprehension has its own locals before Python 3.12)
                     values = {name: frame[name] for name in callback_on_step_end_tensor_inputs}
                     latents = callback_on_step_end(self, i, t, values).get("latents", latents)
-                if not latents.abs().max() < bound:  # also catches NaN
-                    raise FloatingPointError(f"the sample diverged (NaN, infinite or beyond {bound:.0e}) at step "
-                                             f"{i + 1} of {len(self.scheduler.timesteps)} (guidance too strong?)")
                 bar.update()
+        if not latents.abs().max() < bound:  # also catches NaN; checked once, so a GPU never waits on it per step
+            raise FloatingPointError(f"the sample diverged (NaN, infinite or beyond {bound:.0e}); guidance too strong?")
         latents = torch.where(known_mask[..., None], known, latents)
         return self._hold_tokens(latents, held) if held else latents
 

@@ -14,6 +14,8 @@ from typing import Callable
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import OmegaConf
 
 from ldlm.training.checkpoint_io import SafetensorsCheckpointIO, load_tree
@@ -68,11 +70,20 @@ class HistoryCSVLogger(CSVLogger):
     again after a kill appear twice)."""
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def set_aside(path: Path) -> None:
+    """Rename an earlier run's file out of a fresh run's way: ``metrics.csv`` → ``metrics.1.csv`` (the first free
+    number)."""
+    if path.is_file():
+        number = next(n for n in range(1, 10_000) if not path.with_suffix(f".{n}{path.suffix}").exists())
+        path.rename(path.with_suffix(f".{number}{path.suffix}"))
 
 
 def make_loggers(out: Path) -> list:
@@ -92,20 +103,26 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
         callbacks: list[L.Callback] = (), strategy=None) -> L.Trainer:
     """Train ``module`` on ``data`` as ``cfg`` says (resuming from the last checkpoint when ``cfg.resume``; under
     ``cfg.early_stop`` also keeping ``best.safetensors`` and stopping after that many validations without a better
-    ``val_loss``), write a checkpoint of the final step and ``metrics.json`` (first process), and return the trainer."""
+    ``val/loss``; a fresh run sets an earlier run's log and best checkpoint aside), write a checkpoint of the final step
+    and ``metrics.json`` (first process), and return the trainer."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     ckpt_dir = out / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.checkpoint_every)
     callbacks = [checkpoint, *callbacks]
     if cfg.early_stop:
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
+        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                enable_version_counter=False)
-        callbacks += [best, EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stop,
+        callbacks += [best, EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stop,
                                           check_on_train_epoch_end=False)]
     for callback in callbacks:
         if isinstance(callback, ModelCheckpoint):
             callback.FILE_EXTENSION = ".safetensors"
+    last = ckpt_dir / "last.safetensors"
+    resume = cfg.resume and last.is_file()
+    if not resume and rank_zero_only.rank == 0:
+        set_aside(out / "logs" / "metrics.csv")
+        set_aside(ckpt_dir / "best.safetensors")
     trainer = L.Trainer(
         max_steps=cfg.max_steps, max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
@@ -114,10 +131,8 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
         logger=make_loggers(out), callbacks=callbacks, plugins=[SafetensorsCheckpointIO()],
         enable_progress_bar=cfg.progress_bar, num_sanity_val_steps=0,
     )
-    last = ckpt_dir / "last.safetensors"
     if trainer.is_global_zero:
         tidy_checkpoints(ckpt_dir)
-    resume = cfg.resume and last.is_file()
     with warnings.catch_warnings():
         if resume:  # what Lightning says about every resume here: expected, as the run is built to resume so
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -128,6 +143,8 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
         tidy_checkpoints(ckpt_dir)
         metrics = {**last_logged(out / "logs" / "metrics.csv"),
                    **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+        if cfg.early_stop and best.best_model_score is not None:  # the score of the weights that are exported
+            metrics["best_val_loss"] = float(best.best_model_score)
         (out / "metrics.json").write_text(json.dumps({"global_step": trainer.global_step, **metrics}, indent=2))
     return trainer
 
