@@ -116,11 +116,11 @@ class LongGeneration:
         k, length, eos = cfg.latents_per_block, cfg.block_length, cfg.eos_token_id
         prompt_ids, prompt_latents = self._prompt()
         full = len(prompt_ids) // length
-        keep = (self.window - self.new_blocks) * k
+        context_blocks = self.window - self.new_blocks
+        keep = context_blocks * k
         context = prompt_latents[max(0, len(prompt_latents) - keep) :][None].expand(self.num_documents, -1, -1)
-        partials = [prompt_ids[full * length :]] * self.num_documents
-        unsent = partials  # held tokens not yet in the output: the prompt's partial block
-        held = [{context.shape[1] // k: p} for p in partials] if partials[0] else None
+        partials = [prompt_ids[full * length :]] * self.num_documents  # held at the start of the next group
+        pending = len(partials[0])  # held tokens not yet in the output: only the prompt's partial block
         histories = [deque(prompt_ids[-self.history_size :], maxlen=self.history_size)
                      for _ in range(self.num_documents)]
         counts = self.token_counts = [len(prompt_ids)] * self.num_documents
@@ -128,6 +128,7 @@ class LongGeneration:
         if prompt_ids:
             yield [pipe.tokenizer.decode(prompt_ids[: full * length])] * self.num_documents
         while any(reason is None for reason in self.stop_reasons):
+            held = [{context.shape[1] // k: p} if p else {} for p in partials]
             latents, ids, overlap = self._least_repetitive(context, held, histories, list(map(len, partials)))
             texts = []
             for doc, (row, partial) in enumerate(zip(ids, partials)):
@@ -140,11 +141,11 @@ class LongGeneration:
                     self.stop_reasons[doc] = "eos"
                 row = partial + self._clean(row[len(partial) :])
                 silent[doc] = silent[doc] + 1 if len(row) == len(partial) else 0
-                if silent[doc] >= self.patience + (keep // k).bit_length() and not self.stop_at_eos:
+                if silent[doc] >= self.patience + context_blocks.bit_length() and not self.stop_at_eos:
                     self.stop_reasons[doc] = "eos"  # not even a new text starts
                 row = row[: len(partial) + max(0, self.max_tokens - counts[doc])]
                 counts[doc] += len(row) - len(partial)
-                before, pending = list(histories[doc]), len(unsent[doc])
+                before = list(histories[doc])
                 texts.append(self._decode_after(before[: len(before) - pending][-8:], row[len(partial) - pending :]))
                 histories[doc].extend(row[len(partial) :])
                 looping[doc] = looping[doc] + 1 if overlap[doc] > self.max_repeat else 0
@@ -153,18 +154,18 @@ class LongGeneration:
                 elif self.stop_reasons[doc] is None and looping[doc] >= self.patience:
                     self.stop_reasons[doc] = "loop"
             yield texts
+            pending = 0
             if self.stop_at_eos:
                 context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
-                held, partials = None, [[]] * self.num_documents
+                partials = [[]] * self.num_documents
             else:
                 active = [quiet for quiet, reason in zip(silent, self.stop_reasons) if reason is None] or [0]
-                context, held, partials = self._text_context(histories, (keep // k) >> max(active))
-            unsent = [[]] * self.num_documents
+                context, partials = self._text_context(histories, context_blocks >> max(active))
 
     def _text_context(self, histories: list[deque], blocks: int):
         """The next group's context encoded from each document's text so far: its last complete blocks (at most
-        ``blocks``, as many as every document has), and its trailing partial block, to be held; returns the
-        context latents (D, n·K, C), the held tokens and the partial blocks."""
+        ``blocks``, as many as every document has), and its trailing partial block, to be held: the context latents
+        (D, n·K, C) and the partial blocks (none when ``blocks`` is 0: a new text)."""
         length = self.pipe.vae.config.block_length
         texts = [list(history) for history in histories]
         ends = [len(text) - len(text) % length for text in texts]  # where each trailing partial block starts
@@ -174,9 +175,7 @@ class LongGeneration:
         ids = torch.tensor([text[end - n * length : end] for text, end in zip(texts, ends)], device=device)
         context = self.pipe.vae.encode_sequence(ids.view(len(texts), -1)) if n else torch.zeros(
             len(texts), 0, self.pipe.vae.config.latent_channels, device=device)
-        if blocks == 0:  # a new text: nothing carried over
-            partials = [[] for _ in partials]
-        return context, [{n: p} if p else {} for p in partials], partials
+        return context, partials if blocks else [[] for _ in partials]
 
     def _clean(self, ids: list[int]) -> list[int]:
         """Generated ids without padding, and without EOS when it does not end the document."""
