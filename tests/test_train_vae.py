@@ -91,17 +91,6 @@ def test_decoder_fine_tuning_keeps_the_encoder_and_its_statistics(teacher_dirs, 
     assert not all(torch.equal(before[k], after[k]) for k in decoder)
 
 
-def test_decoder_learns_a_token_prior_on_a_warm_start(teacher_dirs, tmp_path):
-    first, second = tmp_path / "first", tmp_path / "second"
-    train_vae(_config(teacher_dirs["qwen3"], first, "align.weight=0", "train.max_steps=30"))
-    assert TextVAE.from_pretrained(first / "vae").token_logit_bias is None
-    train_vae(_config(teacher_dirs["qwen3"], second, "align.weight=0", "train.max_steps=30", f"init={first}",
-                      "model.freeze_encoder=true", "model.token_prior=true"))
-    vae = TextVAE.from_pretrained(second / "vae")
-    bias = vae.token_logit_bias
-    assert vae.config.token_prior and bias[vae.config.eos_token_id] > 0 > bias.min()
-
-
 @pytest.mark.parametrize("extra,message", [
     (["model.freeze_encoder=true"], "needs init"),
     (["init=/nonexistent/vae"], "holds no exported VAE"),

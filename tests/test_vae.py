@@ -43,22 +43,6 @@ def test_logits_select_nearest_table_row():
     assert torch.equal(vae.logits(table[candidates], candidates).argmax(-1), torch.arange(3))
 
 
-def test_token_prior_starts_neutral_then_shifts_choices_and_survives_export(tmp_path):
-    vae = _vae()
-    states = torch.randn(3, 8, 16)
-    before = vae.logits(states)
-    vae.add_token_prior()
-    torch.testing.assert_close(vae.logits(states), before)
-    with torch.no_grad():
-        vae.token_logit_bias[7] = 1e4
-    assert (vae.logits(states).argmax(-1) == 7).all()
-    candidates = torch.tensor([3, 7, 11])
-    torch.testing.assert_close(vae.logits(states, candidates), vae.logits(states)[..., candidates])
-    vae.save_pretrained(tmp_path)
-    again = TextVAE.from_pretrained(tmp_path)
-    assert again.config.token_prior and torch.equal(again.token_logit_bias, vae.token_logit_bias)
-
-
 def test_blocks_round_trip():
     blocks, mask = split_into_blocks(list(range(10, 21)), 4, eos_id=1, pad_id=0)
     assert blocks.shape == (3, 4) and mask.sum() == 12

@@ -33,11 +33,9 @@ class TextVAE(ModelMixin, ConfigMixin):
     """Token block (B, L) → diagonal Gaussian over latents (B, K, C) → token logits (B, L, V).
 
     Tokens are represented through a fixed table derived from the teacher's input embeddings (PCA), used for both
-    input and output (logits are negative squared distances to every row), so no weight vector belongs to a single
+    input and output (logits are negative squared distances to every row), so no parameter belongs to a single
     token: a token never seen in training still has a meaningful embedding and can be reconstructed. Latent ``k``
-    is produced from the encoder states of its own span of ``L // K`` tokens. With ``token_prior`` the decoder also
-    learns one logit bias per token, a prior over the vocabulary that decides between near rows when the latents are
-    uncertain (a domain decoder learns never to write what its corpus never holds).
+    is produced from the encoder states of its own span of ``L // K`` tokens.
     """
 
     @register_to_config
@@ -55,7 +53,6 @@ class TextVAE(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         eos_token_id: int = 0,
         pad_token_id: int = 0,
-        token_prior: bool = False,
     ) -> None:
         super().__init__()
         if block_length % latents_per_block:
@@ -76,19 +73,12 @@ class TextVAE(ModelMixin, ConfigMixin):
         self.decoder = _stack(d_model, heads, decoder_layers, dropout)
         self.dec_norm = nn.LayerNorm(d_model)
         self.embed_out = nn.Linear(d_model, d_embed)
-        self.token_logit_bias = nn.Parameter(torch.zeros(vocab_size)) if token_prior else None
 
     def freeze_encoder(self) -> None:
         """Stop gradients to every encoder weight, so training moves the decoder only and the latent code stays."""
         for name, param in self.named_parameters():
             if name.split(".")[0] in ENCODER_PARTS:
                 param.requires_grad_(False)
-
-    def add_token_prior(self) -> None:
-        """Give the decoder a learned per-token logit bias, starting at zero (so its outputs are unchanged)."""
-        if self.token_logit_bias is None:
-            self.register_to_config(token_prior=True)
-            self.token_logit_bias = nn.Parameter(self.token_table.new_zeros(self.config.vocab_size))
 
     def set_token_table(self, teacher_embeddings: torch.Tensor) -> None:
         """Fill the fixed token table from the teacher's input embedding matrix (V, H)."""
@@ -132,21 +122,12 @@ class TextVAE(ModelMixin, ConfigMixin):
         x = self.from_latent(latents).reshape(b, self.config.block_length, -1) + self.dec_pos
         return self.embed_out(self.dec_norm(self.decoder(x)))
 
-    def token_offsets(self, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """The state-independent logit term of every table row, or of ``candidates`` (any index shape): −|e|², plus
-        the learned prior when there is one."""
-        table = self.token_table if candidates is None else self.token_table[candidates]
-        offsets = table.pow(2).sum(-1).neg()
-        if self.token_logit_bias is not None:
-            offsets = offsets + (self.token_logit_bias if candidates is None else self.token_logit_bias[candidates])
-        return offsets
-
     def logits(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """Negative squared distances (up to a per-position constant) to every table row, or to ``candidates`` (a
-        1-D index shared by all positions), plus the token prior when the decoder has one."""
+        1-D index shared by all positions)."""
         table = self.token_table if candidates is None else self.token_table[candidates]
-        # one fused pass over the (positions, rows) output: offsets + 2 s·e
-        flat = torch.addmm(self.token_offsets(candidates), states.reshape(-1, states.shape[-1]), table.T, alpha=2)
+        # one fused pass over the (positions, rows) output: -|e|² + 2 s·e
+        flat = torch.addmm(table.pow(2).sum(-1).neg(), states.reshape(-1, states.shape[-1]), table.T, alpha=2)
         return flat.reshape(*states.shape[:-1], -1)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -29,14 +29,14 @@ class TokenScores:
         self.candidates = torch.cat([top, extra.expand(*top.shape[:-1], -1)], dim=-1)
         self.width = top_k
         self.table = self.vae.token_table[self.candidates].float()  # (B, P, M, d), fixed with the candidates
-        self.offsets = self.vae.token_offsets(self.candidates).float()
+        self.sq_norms = self.table.pow(2).sum(-1)
 
     def _states(self, x0: torch.Tensor) -> torch.Tensor:
         return self.vae.sequence_states(x0).float()
 
     def __call__(self, x0: torch.Tensor) -> dict[int, torch.Tensor]:
         """Log-probability (B, P) of each required token id at every position."""
-        logits = 2 * torch.einsum("bpd,bpmd->bpm", self._states(x0), self.table) + self.offsets
+        logits = 2 * torch.einsum("bpd,bpmd->bpm", self._states(x0), self.table) - self.sq_norms
         logits[..., : self.width] = logits[..., : self.width].masked_fill(self.duplicate, float("-inf"))
         logp = F.log_softmax(logits, dim=-1)[..., self.width :]
         return {token: logp[..., j] for j, token in enumerate(self.ids)}

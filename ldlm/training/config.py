@@ -74,7 +74,6 @@ class ModelConfig:
     decoder_layers: int = 3
     dropout: float = 0.0
     freeze_encoder: bool = False  # train the decoder only (with ``init``): the latent code and its statistics stay
-    token_prior: bool = False  # a learned per-token logit bias in the decoder (added to an ``init`` VAE without one)
 
 
 @dataclass

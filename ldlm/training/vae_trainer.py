@@ -127,21 +127,17 @@ def build_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
         latents_per_block=m.latents_per_block, latent_channels=m.latent_channels, d_model=m.d_model,
         d_embed=m.d_embed, heads=m.heads, encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
         dropout=m.dropout, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id_of(tokenizer),
-        token_prior=m.token_prior,
     )
     vae.set_token_table(teacher.input_embeddings().cpu())
     return vae
 
 
 def start_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
-    """A new VAE, or the one ``cfg.init`` names (its encoder frozen when ``model.freeze_encoder``; given a token
-    prior when ``model.token_prior``)."""
+    """A new VAE, or the one ``cfg.init`` names (its encoder frozen when ``model.freeze_encoder``)."""
     if cfg.init is None:
         return build_vae(cfg, tokenizer, teacher)
     vae, _ = load_vae(cfg.init)
     vae.train().requires_grad_(True)
-    if cfg.model.token_prior:
-        vae.add_token_prior()
     if cfg.model.freeze_encoder:
         vae.freeze_encoder()
     return vae
