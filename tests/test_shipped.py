@@ -51,3 +51,11 @@ def test_eval_vae_reads_the_shipped_pipeline(capsys):
     assert main(["eval-vae", "--vae", str(SHIPPED), "--corpus", "builtin:restaurants:20", "--noise", "0"]) == 0
     accuracy = float(capsys.readouterr().out.split("acc_all=")[1].split()[0])
     assert accuracy > 0.9
+
+
+def test_shipped_training_configs_load_with_todays_schema():
+    from ldlm.training.config import DiTExperiment, VAEExperiment, load_config
+
+    vae = load_config(VAEExperiment, str(SHIPPED / "vae" / "train-config.yaml"), [])
+    dit = load_config(DiTExperiment, str(SHIPPED / "transformer" / "train-config.yaml"), [])
+    assert vae.model.freeze_encoder and dit.diffusion.min_snr_gamma == 5.0
