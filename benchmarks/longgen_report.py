@@ -1,12 +1,16 @@
-"""Block-by-block long documents: a ≥5,000-token document with its repetition rate, anti-loop on and off (memory
-at 1k/4k/16k tokens against the AR baseline: benchmarks/memory.py).
+"""Long documents along their length: gen-PPL, rep-4 and distinct-4 per 512-token segment, how often the anti-loop
+guard fired and tokens/s, for ldlm (``LongGeneration``, EOS ignored) and with ``--ar`` the same-size AR model, beside
+the same figures on held-out reference documents (memory at 1k/4k/10k tokens: benchmarks/memory.py; the
+``new_blocks`` dial: benchmarks/new_blocks.py).
 
-    python benchmarks/longgen_report.py --model runs/kjv-long/pipeline
+    python benchmarks/longgen_report.py --model runs/kjv-long/pipeline --ar runs/kjv-ar --tokens 10000 \
+        --references ../shared/data/kjv/chapters.jsonl --holdout-every 10
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -15,58 +19,138 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+SEGMENT = 512  # tokens of the pipeline's tokenizer per measured segment
 
-def document(pipe, prompt: str, max_tokens: int, steps: int, max_repeat: float) -> dict:
+
+def segments(text: str, tokenizer, size: int = SEGMENT) -> list[str]:
+    """``text`` cut into consecutive segments of ``size`` tokens (a shorter tail is dropped)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [tokenizer.decode(ids[i : i + size]) for i in range(0, len(ids) - size + 1, size)]
+
+
+def segment_rows(texts: list[str], scorer) -> list[dict]:
+    """gen-PPL, rep-4 and distinct-4 of each segment (each scored on its own)."""
+    from ldlm.evaluation.metrics import distinct_n, repetition_rate
+
+    return [{"gen_ppl": scorer([t]), "rep4": repetition_rate(t), "distinct4": distinct_n([t], 4)} for t in texts]
+
+
+def ldlm_document(pipe, prompt: str, tokens: int, steps: int, max_repeat: float, seed: int) -> dict:
+    """One document of ``tokens`` tokens from ``prompt``, EOS ignored: its continuation, time and guard counts."""
     import torch
 
-    from ldlm.evaluation.metrics import repetition_rate
     from ldlm.pipelines.long_generation import LongGeneration
 
-    run = LongGeneration(pipe, prompt, max_tokens, num_inference_steps=steps, max_repeat=max_repeat,
-                         stop_at_eos=False, generator=torch.Generator().manual_seed(0))
+    run = LongGeneration(pipe, prompt, tokens, num_inference_steps=steps, max_repeat=max_repeat, stop_at_eos=False,
+                         generator=torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     text = "".join(chunk for (chunk,) in run)
-    seconds = time.perf_counter() - start
-    tokens = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
-    words = text.split()
-    per_1k = [repetition_rate(" ".join(words[i : i + 750])) for i in range(0, len(words), 750)]
-    return {"max_repeat": max_repeat, "tokens": tokens, "seconds": seconds, "stop": run.stop_reasons[0],
-            "resampled": run.resampled, "rep4": repetition_rate(text), "rep4_per_750_words": per_1k, "text": text}
+    return {"text": text[len(prompt) :] if text.startswith(prompt) else text,
+            "seconds": time.perf_counter() - start, "stop": run.stop_reasons[0], "groups": run.groups,
+            "guarded": run.guarded}
+
+
+def ar_document(model, tokenizer, prompt: str, tokens: int, temperature: float, seed: int) -> dict:
+    """The AR model's continuation of ``prompt`` to ``tokens`` tokens in all (its KV cache holds the whole text)."""
+    import torch
+
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    start = time.perf_counter()
+    new = model.generate(torch.tensor([ids]), max_new_tokens=max(1, tokens - len(ids)), temperature=temperature,
+                         stop_at_eos=False, generator=torch.Generator().manual_seed(seed))[0].tolist()
+    return {"text": tokenizer.decode(new, skip_special_tokens=True), "seconds": time.perf_counter() - start}
+
+
+def summarize(docs: list[dict], tokenizer, scorer) -> dict:
+    """Per-segment means over documents (as far as every document reaches), the last/first gen-PPL ratio, the guard
+    rate, tokens/s and why each document stopped."""
+    per_doc = [segment_rows(segments(d["text"], tokenizer), scorer) for d in docs]
+    count = min(map(len, per_doc))
+    stops = [d.get("stop", "length") for d in docs]
+    if not count:
+        raise SystemExit(f"a document is shorter than one {SEGMENT}-token segment (stopped: {', '.join(stops)})")
+    means = {k: [statistics.mean(rows[i][k] for rows in per_doc) for i in range(count)]
+             for k in ("gen_ppl", "rep4", "distinct4")}
+    out = {**means, "last_over_first": means["gen_ppl"][-1] / means["gen_ppl"][0],
+           "tokens_per_second": sum(len(tokenizer(d["text"], add_special_tokens=False)["input_ids"]) for d in docs)
+           / sum(d["seconds"] for d in docs), "stops": stops}
+    if "groups" in docs[0]:
+        out["guard_rate"] = sum(d["guarded"] for d in docs) / sum(d["groups"] for d in docs)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped one)")
+    parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output); no AR rows without it")
     parser.add_argument("--prompt", default="And it came to pass, when the king had heard these words,")
-    parser.add_argument("--tokens", type=int, default=5200)
+    parser.add_argument("--documents", type=int, default=1, help="documents per system (seeds 0, 1, …)")
+    parser.add_argument("--tokens", type=int, default=10000)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--max-repeat", type=float, default=0.5, help="the anti-loop threshold (1: off)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="the AR model's sampling temperature")
+    parser.add_argument("--references", default=None, help="corpus whose held-out documents give reference rows")
+    parser.add_argument("--holdout-every", type=int, default=10, help="held-out documents: i %% N == 0")
+    parser.add_argument("--ppl-model", default="smollm2")
     parser.add_argument("--out", default="docs/img/longgen")
     args = parser.parse_args()
+    if args.tokens < SEGMENT or args.documents < 1:
+        raise SystemExit(f"--tokens must be at least {SEGMENT} and --documents at least 1")
+    if args.references is not None and not Path(args.references).is_file():
+        raise SystemExit(f"corpus not found: {args.references}")
 
+    from ldlm.baselines.causal_lm import load_ar
+    from ldlm.data.corpus import read_corpus
+    from ldlm.evaluation.metrics import GenerativePerplexity
     from ldlm.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(args.model)
-    docs = [document(pipe, args.prompt, args.tokens, args.steps, max_repeat) for max_repeat in (0.5, 1.0)]
-    for d in docs:
-        label = "anti-loop on " if d["max_repeat"] < 1 else "anti-loop off"
-        print(f"{label}: {d['tokens']} tokens in {d['seconds']:.0f} s ({d['tokens'] / d['seconds']:.0f} tok/s), "
-              f"rep-4 {d['rep4']:.3f}, stop {d['stop']}, resampled groups {d['resampled']}", flush=True)
+    tokenizer = pipe.tokenizer
+    scorer = GenerativePerplexity(args.ppl_model)
+    systems = {"ldlm": summarize([ldlm_document(pipe, args.prompt, args.tokens, args.steps, args.max_repeat, seed)
+                                  for seed in range(args.documents)], tokenizer, scorer)}
+    if args.ar is not None:
+        model, ar_tokenizer = load_ar(args.ar)
+        if ar_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise SystemExit(f"the baseline in {args.ar} does not share the pipeline's tokenizer")
+        systems[f"AR, T={args.temperature:g}"] = summarize(
+            [ar_document(model, tokenizer, args.prompt, args.tokens, args.temperature, seed)
+             for seed in range(args.documents)], tokenizer, scorer)
+    reference = None
+    if args.references is not None:
+        held = read_corpus(args.references, holdout_every=args.holdout_every, heldout=True)
+        rows = [row for text in held for row in segment_rows(segments(text, tokenizer), scorer)]
+        if not rows:
+            raise SystemExit(f"no held-out document of {args.references} is {SEGMENT} tokens long")
+        reference = {k: statistics.mean(r[k] for r in rows) for k in ("gen_ppl", "rep4", "distinct4")}
+        reference["segments"] = len(rows)
+    for name, s in systems.items():
+        guard = f", guard fired in {s['guard_rate']:.1%} of groups" if "guard_rate" in s else ""
+        print(f"{name}: {len(s['gen_ppl'])} segments, gen-PPL first {s['gen_ppl'][0]:.1f} last {s['gen_ppl'][-1]:.1f}"
+              f" (×{s['last_over_first']:.2f}), rep-4 mean {statistics.mean(s['rep4']):.3f}, "
+              f"{s['tokens_per_second']:.0f} tokens/s{guard}", flush=True)
+    if reference is not None:
+        print(f"references: gen-PPL {reference['gen_ppl']:.1f}, rep-4 {reference['rep4']:.3f}, distinct-4 "
+              f"{reference['distinct4']:.3f} over {reference['segments']} segments")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "documents": docs}, indent=2,
-                                                   ensure_ascii=False))
-    plot(docs, out.with_suffix(".png"))
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "systems": systems, "references": reference},
+                                                   indent=1, ensure_ascii=False))
+    plot(systems, reference, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 
-def plot(docs: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(4.8, 3.5))
-    for d in docs:
-        ax.plot(range(1, len(d["rep4_per_750_words"]) + 1), d["rep4_per_750_words"], marker="o",
-                label="anti-loop on" if d["max_repeat"] < 1 else "anti-loop off")
-    ax.set_xlabel("750-word chunk of the document")
-    ax.set_ylabel("rep-4 within the chunk")
-    ax.legend()
+def plot(systems: dict[str, dict], reference: dict | None, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, label in ((axes[0], "gen_ppl", "gen-PPL (SmolLM2)"), (axes[1], "rep4", "rep-4 within the segment")):
+        for name, s in systems.items():
+            ax.plot([(i + 1) * SEGMENT for i in range(len(s[key]))], s[key], marker="o", markersize=3, label=name)
+        if reference is not None:
+            ax.axhline(reference[key], color="grey", linestyle="--", label="held-out references")
+        ax.set_xlabel("tokens into the document")
+        ax.set_ylabel(label)
+    axes[0].set_yscale("log")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -56,7 +56,7 @@ def test_looping_groups_are_resampled_then_stopped(make_pipeline):
     run._group = lambda context, held: looped.expand(len(context), -1, -1)  # the model says the same thing forever
     texts = [chunk for (chunk,) in run]
     assert run.stop_reasons == ["loop"] and len(texts) == 4  # the first group is new, then 3 looping ones
-    assert run.resampled == 3 * 2
+    assert run.resampled == 3 * 2 and (run.groups, run.guarded) == (4, 3)
 
 
 def test_repeated_share():

@@ -29,7 +29,8 @@ class LongGeneration:
     dropped and each group's context is encoded again from the text so far (its last complete blocks, the trailing
     partial block held), so the model never reads an ending; after a group of nothing but EOS the context is
     halved, down to none and nothing held (a new text starts), and only ``patience`` such groups in a row from
-    there end the document. ``stop_reasons`` and ``resampled`` (extra draws) report it.
+    there end the document. ``stop_reasons``, ``resampled`` (extra draws) and ``guarded`` (of ``groups``, the
+    document groups whose first draw looped) report it.
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class LongGeneration:
         self.history_size = history
         self.stop_reasons: list[str | None] = [None] * num_documents
         self.token_counts = [0] * num_documents  # tokens of each document so far, prompt included
-        self.resampled = 0
+        self.resampled = self.groups = self.guarded = 0
 
     def _prompt(self) -> tuple[list[int], torch.Tensor]:
         """The prompt's token ids and the standardized latents (blocks·K, C) of its complete blocks."""
@@ -128,6 +129,7 @@ class LongGeneration:
         if prompt_ids:
             yield [pipe.tokenizer.decode(prompt_ids[: full * length])] * self.num_documents
         while any(reason is None for reason in self.stop_reasons):
+            self.groups += sum(reason is None for reason in self.stop_reasons)
             held = [{context.shape[1] // k: p} if p else {} for p in partials]
             latents, ids, overlap = self._least_repetitive(context, held, histories, list(map(len, partials)))
             texts = []
@@ -199,15 +201,16 @@ class LongGeneration:
             ids = self._ids(latents)
             overlap = torch.tensor([repeated_share(self._clean(row[skip:]), list(h))
                                     for row, h, skip in zip(ids, histories, skips)])
+            active = torch.tensor([r is None for r in self.stop_reasons])
             if best is None:
                 best = (latents, ids, overlap)
+                self.guarded += int(((overlap > self.max_repeat) & active).sum())
             else:
                 self.resampled += 1
                 better = overlap < best[2]
                 best = (torch.where(better[:, None, None], latents, best[0]),
                         [new if b else old for new, old, b in zip(ids, best[1], better.tolist())],
                         torch.minimum(overlap, best[2]))
-            active = torch.tensor([r is None for r in self.stop_reasons])
             if not bool(((best[2] > self.max_repeat) & active).any()):
                 break
         return best

@@ -1,11 +1,14 @@
-"""The memory and new_blocks benchmarks measure the systems they name: each memory child generates the requested
-document, the untrained stand-in is the baseline's size over the VAE's token table, and the new_blocks sweep runs
-LongGeneration at the setting it names."""
+"""The long-document benchmarks measure the systems they name: each memory child generates the requested document,
+the untrained stand-in is the baseline's size over the VAE's token table, the new_blocks sweep runs LongGeneration
+at the setting it names, and the length report scores every 512-token segment of both systems' documents."""
 import argparse
+import json
+import sys
 
 import torch
 
 from ldlm.baselines.causal_lm import CausalLM, load_baseline
+from ldlm.data.corpus import restaurant_sentences
 
 
 def _tiny_ar(pipe) -> CausalLM:
@@ -46,3 +49,26 @@ def test_new_blocks_documents_and_speed_at_each_setting(make_pipeline, load_benc
     one, none = new_blocks.documents(pipe, 1, args), new_blocks.documents(pipe, window, args)
     assert len(one) == len(none) == 3 and all(one) and one != none
     assert new_blocks.tokens_per_s(pipe, 2, args) > 0
+
+
+def test_length_report_scores_every_segment_of_both_systems(make_pipeline, load_benchmark, teacher_dirs, tmp_path,
+                                                            monkeypatch):
+    report = load_benchmark("longgen_report")
+    pipe = make_pipeline()
+    pipe.save_pretrained(tmp_path / "pipe")
+    _tiny_ar(pipe).save_pretrained(tmp_path / "ar" / "model")
+    pipe.tokenizer.save_pretrained(tmp_path / "ar" / "tokenizer")
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("".join(json.dumps({"text": " ".join(restaurant_sentences(150, seed=i))}) + "\n" for i in range(2)))
+    monkeypatch.setattr(sys, "argv", [
+        "longgen_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"), "--tokens", "1100",
+        "--steps", "2", "--prompt", "Zizzi is a cheap coffee shop", "--max-repeat", "1", "--references", str(refs), "--holdout-every", "1",
+        "--ppl-model", teacher_dirs["qwen2"], "--out", str(tmp_path / "long")])
+    report.main()
+    result = json.loads((tmp_path / "long.json").read_text())
+    ldlm, ar = result["systems"]["ldlm"], result["systems"]["AR, T=1"]
+    assert len(ldlm["gen_ppl"]) == len(ar["gen_ppl"]) == 2  # 1,100 tokens, prompt included: two whole segments
+    assert ldlm["guard_rate"] == 0 and "guard_rate" not in ar  # the guard is off: the random model would loop
+    assert ldlm["stops"] == ar["stops"] == ["length"]
+    assert ldlm["last_over_first"] == ldlm["gen_ppl"][1] / ldlm["gen_ppl"][0]
+    assert result["references"]["segments"] >= 2 and (tmp_path / "long.png").is_file()
