@@ -1,10 +1,12 @@
 """The long-document benchmarks measure the systems they name: each memory child generates the requested document,
 the untrained stand-in is the baseline's size over the VAE's token table, the new_blocks sweep runs LongGeneration
-at the setting it names, and the length report scores every 512-token segment of both systems' documents."""
+at the setting it names, the length report scores every 512-token segment of both systems' documents, and the
+context-use probe scores the same continuations after their true, shuffled and no context."""
 import argparse
 import json
 import sys
 
+import pytest
 import torch
 
 from ldlm.baselines.causal_lm import CausalLM, load_baseline
@@ -72,3 +74,46 @@ def test_length_report_scores_every_segment_of_both_systems(make_pipeline, load_
     assert ldlm["stops"] == ar["stops"] == ["length"]
     assert ldlm["last_over_first"] == ldlm["gen_ppl"][1] / ldlm["gen_ppl"][0]
     assert result["references"]["segments"] >= 2 and (tmp_path / "long.png").is_file()
+
+
+def test_context_use_arranges_windows_as_each_condition_says(load_benchmark):
+    bench = load_benchmark("context_use")
+    picked = bench.windows([list(range(100)), list(range(100, 130))], block=4, context=3, new=2, limit=10)
+    assert len(picked) == 6 and picked[0].tolist() == list(range(20))  # 20-token windows: 5, and 1 from the short one
+    generator = torch.Generator().manual_seed(0)
+    before, after = bench.arrange(picked[0], 4, 3, "true", generator)
+    assert before.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]] and after.flatten().tolist() == list(
+        range(12, 20))
+    shuffled, same = bench.arrange(picked[0], 4, 3, "shuffled", generator)
+    assert sorted(shuffled.tolist()) == before.tolist() and torch.equal(same, after)
+    assert bench.arrange(picked[0], 4, 3, "none", generator)[0].numel() == 0
+
+
+def test_context_use_ar_score_is_the_continuations_mean_nll(make_pipeline, load_benchmark):
+    bench = load_benchmark("context_use")
+    model = _tiny_ar(make_pipeline())
+    before, after = torch.tensor([[5, 6, 7]]), torch.tensor([[8, 9]])
+    ids = torch.tensor([[model.config.eos_token_id, 5, 6, 7, 8, 9]])
+    logp = torch.log_softmax(model(ids).float()[0], -1)
+    expected = -(logp[3, 8] + logp[4, 9]) / 2
+    assert bench.ar_nll(model, before, after) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_benchmark, tmp_path, monkeypatch):
+    bench = load_benchmark("context_use")
+    pipe = make_pipeline()
+    pipe.save_pretrained(tmp_path / "pipe")
+    _tiny_ar(pipe).save_pretrained(tmp_path / "ar" / "model")
+    pipe.tokenizer.save_pretrained(tmp_path / "ar" / "tokenizer")
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("".join(json.dumps({"text": " ".join(restaurant_sentences(12, seed=i))}) + "\n" for i in range(3)))
+    monkeypatch.setattr(sys, "argv", ["context_use.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"),
+                                      "--references", str(refs), "--holdout-every", "1", "--windows", "4",
+                                      "--timesteps", "200", "800", "--out", str(tmp_path / "ctx")])
+    with torch.enable_grad():  # setup() turns autograd off for the process; give it back to the other tests
+        bench.main()
+    result = json.loads((tmp_path / "ctx.json").read_text())
+    assert result["config"]["windows_used"] == 4 and result["config"]["new_blocks"] == 3  # half of a 6-block window
+    for row in result["rows"].values():
+        assert all(row[c] > 0 for c in bench.CONDITIONS) and row["none_over_true"] == row["none"] / row["true"]
+    assert len(result["rows"]) == 2

@@ -1,0 +1,139 @@
+"""Context use: does a long-document model read what came before? The same held-out continuations scored after
+their true context, after the same context blocks in shuffled order, and after none.
+
+    python benchmarks/context_use.py --model runs/kjv-long/pipeline --ar runs/kjv-ar \
+        --references ../shared/data/kjv/chapters.jsonl --holdout-every 10
+
+Each window of a held-out document is ``window − new_blocks`` context blocks followed by ``new_blocks`` continuation
+blocks (the split long generation uses). ldlm's score is the DiT's clean-latent error on the continuation (mean
+squared, standardized units, over a fixed grid of timesteps and fixed noise: the terms of its training loss); the AR
+model's is its per-token negative log-likelihood of the continuation's tokens. Lower is better for both; a model that
+reads its context scores clearly lower with the true one than with a shuffled one or none.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from bench_common import setup
+
+CONDITIONS = ("true", "shuffled", "none")
+
+
+def windows(documents: list[list[int]], block: int, context: int, new: int, limit: int) -> list[torch.Tensor]:
+    """Up to ``limit`` token windows ((context + new) · block,), consecutive and non-overlapping, from the
+    documents in turn."""
+    size = (context + new) * block
+    out = [torch.tensor(ids[i : i + size]) for ids in documents for i in range(0, len(ids) - size + 1, size)]
+    return out[:limit]
+
+
+def arrange(window: torch.Tensor, block: int, context: int, condition: str, generator: torch.Generator):
+    """The window's context blocks as the condition has them (in order, shuffled, or none) and its continuation."""
+    blocks = window.view(-1, block)
+    before, after = blocks[:context], blocks[context:]
+    if condition == "shuffled":
+        before = before[torch.randperm(context, generator=generator)]
+    elif condition == "none":
+        before = before[:0]
+    return before, after
+
+
+@torch.no_grad()
+def dit_error(pipe, before: torch.Tensor, after: torch.Tensor, timesteps: list[int], seed: int) -> float:
+    """Mean squared clean-latent error of the DiT on the continuation blocks ``after`` given ``before`` as clean
+    context, averaged over ``timesteps`` (fixed noise from ``seed``)."""
+    vae, dit, objective = pipe.vae, pipe.transformer, pipe.objective
+    device = pipe._execution_device
+    ctx = vae.encode_sequence(before.reshape(1, -1).to(device)) if len(before) else None
+    x0 = vae.encode_sequence(after.reshape(1, -1).to(device))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    n = 0 if ctx is None else ctx.shape[1]
+    flags = torch.zeros(1, n + x0.shape[1], dtype=torch.bool, device=device)
+    flags[:, :n] = True
+    total = 0.0
+    for t in timesteps:
+        step = torch.full((1,), t, device=device)
+        x_t = objective.add_noise(x0, noise, step)
+        x_in = x_t if ctx is None else torch.cat([ctx, x_t], 1)
+        out = dit(x_in.to(dit.dtype), step, None, flags).float()
+        estimate = objective.to_x0(x_in, out, step)[:, n:]
+        total += float((estimate - x0).pow(2).mean())
+    return total / len(timesteps)
+
+
+@torch.no_grad()
+def ar_nll(model, before: torch.Tensor, after: torch.Tensor) -> float:
+    """The AR model's per-token negative log-likelihood (nats) of ``after``'s tokens read after EOS + ``before``."""
+    eos = model.config.eos_token_id
+    ids = torch.cat([torch.tensor([eos]), before.reshape(-1), after.reshape(-1)])[None].to(model.device)
+    logits = model(ids[:, :-1]).float()[0]  # logits[j] predicts ids[j + 1]; after starts at 1 + len(before)
+    return float(torch.nn.functional.cross_entropy(logits[before.numel() :], ids[0, before.numel() + 1 :]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped checkpoint)")
+    parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output); no AR rows without it")
+    parser.add_argument("--references", required=True, help="corpus of documents (jsonl/txt)")
+    parser.add_argument("--holdout-every", type=int, default=10, help="held-out documents: i %% N == 0")
+    parser.add_argument("--new-blocks", type=int, default=None, help="continuation blocks (default: half the window)")
+    parser.add_argument("--windows", type=int, default=64)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[100, 300, 500, 700, 900])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="docs/img/context_use")
+    args = parser.parse_args()
+    if not Path(args.references).is_file():
+        raise SystemExit(f"corpus not found: {args.references}")
+    device = setup(args.device)
+
+    from ldlm.baselines.causal_lm import load_ar
+    from ldlm.data.corpus import read_corpus
+    from ldlm.pipelines.loading import load_pipeline
+
+    pipe = load_pipeline(args.model).to(device)
+    window = pipe.transformer.config.max_blocks
+    new = window // 2 if args.new_blocks is None else args.new_blocks
+    if not 1 <= new < window:
+        raise SystemExit(f"--new-blocks must be in 1..{window - 1} (the window holds {window} blocks)")
+    context, block = window - new, pipe.vae.config.block_length
+    texts = read_corpus(args.references, holdout_every=args.holdout_every, heldout=True)
+    docs = pipe.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    picked = windows(docs, block, context, new, args.windows)
+    if not picked:
+        raise SystemExit(f"no held-out document of {args.references} fills a window of {window} blocks")
+    scorers = {"ldlm (DiT clean-latent MSE)": lambda b, a, i: dit_error(pipe, b, a, args.timesteps, args.seed + i)}
+    if args.ar is not None:
+        model, tokenizer = load_ar(args.ar)
+        if tokenizer.get_vocab() != pipe.tokenizer.get_vocab():
+            raise SystemExit(f"the baseline in {args.ar} does not share the pipeline's tokenizer")
+        model = model.to(device)
+        scorers["AR (NLL per token)"] = lambda b, a, i: ar_nll(model, b, a)
+    rows = {}
+    for name, score in scorers.items():
+        generator = torch.Generator().manual_seed(args.seed)  # the same shuffles for every system
+        sums = dict.fromkeys(CONDITIONS, 0.0)
+        for i, w in enumerate(picked):
+            for condition in CONDITIONS:
+                sums[condition] += score(*arrange(w, block, context, condition, generator), i)
+        row = {c: s / len(picked) for c, s in sums.items()}
+        row["shuffled_over_true"], row["none_over_true"] = row["shuffled"] / row["true"], row["none"] / row["true"]
+        rows[name] = row
+    print(f"{len(picked)} windows of {context} context + {new} continuation blocks")
+    print("| system | true context | shuffled | none | shuffled ÷ true | none ÷ true |\n|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['true']:.4f} | {r['shuffled']:.4f} | {r['none']:.4f} | {r['shuffled_over_true']:.3f} | "
+              f"{r['none_over_true']:.3f} |")
+    out = Path(args.out).with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": {**vars(args), "windows_used": len(picked), "context_blocks": context,
+                                          "new_blocks": new}, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
