@@ -28,6 +28,7 @@ from ldlm.align.teacher import pad_id_of
 from ldlm.baselines.causal_lm import generate_texts, load_ar
 from ldlm.data.corpus import read_corpus
 from ldlm.data.token_blocks import to_blocks, tokenize
+from ldlm.dit.objective import FLOW_SCHEDULERS, VP_SCHEDULERS
 from ldlm.evaluation.reconstruction import reconstructed_ids
 from ldlm.evaluation.suite import evaluate_systems, sample_texts
 from ldlm.pipelines.loading import load_pipeline, load_vae
@@ -58,6 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped checkpoint)")
     parser.add_argument("--vae", default=None, help="decode with this VAE (+ tokenizer/) instead of the pipeline's")
+    parser.add_argument("--scheduler", default=None, help="sample with this scheduler (short name, e.g. unipc) "
+                        "instead of the pipeline's")
     parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output); no AR rows without it")
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--steps", type=int, nargs="*", default=[10, 25, 100])
@@ -77,13 +80,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.samples < 1:
         raise SystemExit("--samples must be at least 1")
+    if args.scheduler is not None and args.scheduler not in {**VP_SCHEDULERS, **FLOW_SCHEDULERS}:
+        raise SystemExit(f"unknown scheduler '{args.scheduler}'; choose from {', '.join(VP_SCHEDULERS)}")
     for path in (args.references, args.train):
         if not Path(path).is_file():
             raise SystemExit(f"corpus not found: {path}")
     setup(args.device)
     hf_logging.disable_progress_bar()
 
-    pipe = load_pipeline(args.model).to(args.device)
+    pipe = load_pipeline(args.model, args.scheduler).to(args.device)
     if args.vae is not None:
         pipe.vae = load_vae(args.vae)[0].to(args.device)
     held_out, train = read_corpus(args.references), read_corpus(args.train)
