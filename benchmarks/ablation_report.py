@@ -11,6 +11,7 @@ import csv
 import json
 from pathlib import Path
 
+from bench_common import run_script
 from ldlm.evaluation.metrics import GenerativePerplexity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,4 +72,4 @@ def plot(results: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

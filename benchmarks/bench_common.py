@@ -12,6 +12,17 @@ import torch
 WIDE_IQR = 0.25  # a paired ratio whose interquartile range is wider than this fraction of its median is not trusted
 
 
+def run_script(main: Callable[[], object]) -> None:
+    """Run a benchmark's ``main``; a user-facing error (no model at a path, a mismatched folder) ends it in one line
+    with a non-zero exit, as the CLI does."""
+    from ldlm.errors import LdlmError
+
+    try:
+        main()
+    except LdlmError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 def setup(device: str, threads: int | None = None) -> torch.device:
     """The start of every benchmark: torch's thread count (when given), a clear exit for an unknown device or when
     CUDA is asked for but absent, and no autograd."""

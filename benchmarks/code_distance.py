@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import setup
+from bench_common import run_script, setup
 from ldlm.data.corpus import read_corpus
 from ldlm.pipelines.loading import load_pipeline
 
@@ -98,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import setup
+from bench_common import run_script, setup
 
 CONDITIONS = ("true", "shuffled", "none")
 
@@ -136,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

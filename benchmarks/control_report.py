@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib
 import torch
 
+from bench_common import run_script
 from ldlm.data.label_windows import parse_mr
 from ldlm.data.postags import LexiconTagger
 from ldlm.evaluation.metrics import GenerativePerplexity
@@ -142,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

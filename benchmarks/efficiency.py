@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from bench_common import setup, sync
+from bench_common import run_script, setup, sync
 from ldlm.dit.model import LatentDiT
 from ldlm.pipelines.loading import load_pipeline
 
@@ -155,4 +155,4 @@ def plot(rows: list[dict], matmul_gflops: float, size: int, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from bench_common import run_script
 from ldlm.data.corpus import read_corpus
 from ldlm.evaluation.metrics import GenerativePerplexity, distinct_n
 from ldlm.evaluation.suite import sample_texts
@@ -97,4 +98,4 @@ def plot(rows: dict, steps: list[int], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -17,6 +17,7 @@ from pathlib import Path
 import matplotlib
 import torch
 
+from bench_common import run_script
 from ldlm.data.corpus import read_corpus
 from ldlm.data.token_blocks import split_documents
 from ldlm.evaluation.metrics import GenerativePerplexity
@@ -123,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

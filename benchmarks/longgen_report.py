@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from bench_common import run_script  # noqa: E402
 
 SEGMENT = 512  # tokens of the pipeline's tokenizer per measured segment
 
@@ -156,4 +157,4 @@ def plot(systems: dict[str, dict], reference: dict | None, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import setup
+from bench_common import run_script, setup
 from ldlm.baselines.causal_lm import CausalLM, load_ar
 from ldlm.pipelines.loading import SHIPPED, load_pipeline
 from ldlm.pipelines.long_generation import LongGeneration
@@ -153,4 +153,4 @@ def plot(rows: list[dict], what: str, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

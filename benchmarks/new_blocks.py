@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from bench_common import median_seconds, setup
+from bench_common import median_seconds, run_script, setup
 from ldlm.evaluation.suite import evaluate_systems, format_table
 from ldlm.pipelines.loading import load_pipeline
 from ldlm.pipelines.long_generation import LongGeneration
@@ -109,4 +109,4 @@ def plot(rows: dict, values: list[int], window: int, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from bench_common import setup
+from bench_common import run_script, setup
 from ldlm.baselines.causal_lm import generate_texts, load_ar
 from ldlm.data.corpus import read_corpus
 from ldlm.evaluation.suite import REFERENCES, evaluate_systems, format_table, sample_texts
@@ -111,4 +111,4 @@ def plot(rows: dict, steps: list[int], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

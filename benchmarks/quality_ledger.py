@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from bench_common import setup
+from bench_common import run_script, setup
 from ldlm.align.teacher import pad_id_of
 from ldlm.baselines.causal_lm import generate_texts, load_ar
 from ldlm.data.corpus import read_corpus
@@ -165,4 +165,4 @@ def plot(rows: dict[str, dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

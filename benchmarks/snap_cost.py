@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import interleaved_seconds, setup, summarize
+from bench_common import interleaved_seconds, run_script, setup, summarize
 from ldlm.pipelines.loading import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

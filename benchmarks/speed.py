@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from bench_common import interleaved_seconds, setup, summarize, sync
+from bench_common import interleaved_seconds, run_script, setup, summarize, sync
 from ldlm.baselines.causal_lm import CausalLM, load_baseline
 from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
 from ldlm.pipelines.loading import load_pipeline
@@ -277,4 +277,4 @@ def plot(rows: list[dict], steps: list[int], batches: list[int], path: Path, win
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench_common import run_script
 from ldlm.data.corpus import read_corpus
 from ldlm.evaluation.reconstruction import evaluate_run
 
@@ -71,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -138,3 +138,18 @@ def test_text_files_that_are_not_utf8_are_refused(tmp_path, capsys):
     refs = tmp_path / "refs.jsonl"
     refs.write_bytes(json.dumps({"text": "ok"}).encode() + b"\n\xff\n")
     _fails(["eval", "--samples", str(good), "--references", str(refs)], "not UTF-8 text", capsys)
+
+
+@pytest.mark.parametrize("script,extra", [
+    ("code_distance", ["--references", "{refs}"]),
+    ("context_use", ["--references", "{refs}"]),
+    ("longgen_report", []),
+])
+def test_benchmark_with_no_model_at_the_path_ends_in_one_line(tmp_path, script, extra):
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text(json.dumps({"text": "A text."}) + "\n")
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    args = [a.format(refs=refs) for a in extra]
+    result = subprocess.run([sys.executable, str(bench), "--model", str(tmp_path / "missing"), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.strip() == f"error: no pipeline at {tmp_path / 'missing'}"
