@@ -25,19 +25,19 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
-        'Cocns is a expensive price range a restaurant that serves English coffee shop with Centre near the '
-        'Raja Portland attire.',
-        'usingṃ ship Prize has family-friendly serves English food with is The Wrestung. It is high rating.',
-        'The moon. has is wild by coffee shop with licence rating price prices are food. It is located '
-        'friendly and a kid range for less\xa0.',
+        'Clowns is a expensive price range a restaurant that serves English coffee shop with The Biment. Plaza '
+        'Hotel',
+        'ad rating,andeaff family-friendly serves English food and is The Wrestung diet and a high rating.',
+        'The Mill. has a expression and firm shop with Holiday rating price prices named food. It is located '
+        'friendly and a kid range for less..',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Clowns is a expensive price range a restaurant that serves English coffee shop with centre near the '
-        'city Portland attire.',
-        'Fitzbillies is family-friendly serves English food with is The Wresties. It is a rating.',
+        'Clowns is a expensive price range a restaurant that serves English coffee shop with is near Long Urban '
+        'Plaza Hotel',
+        'Insteadṃ, Prize low family-friendly serves English food with is The Wrest Plaza Hotel and a a rating.',
     ]
 
 
@@ -45,22 +45,23 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high the city centre. '
-        ' city centre and near. children food.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high not a price range. '
+        'math rating. has city price food.',
         'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- city centre in '
-        'the 1 out of city centre. It 1 out of a restaurant with a 5.',
-        'Zizzi is a coffee shop in is a coffee shop near Burger King and serves fast food, more than man.',
+        'the worrying. in the kids to that to  centre, they not rating but a city centre.',
+        'Zizzi is a moderate priced and is a coffee shop near Rainbow Vegetarian and located in rivers food '
+        'moreATIVE man.',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. eds restaurant Bedford.. The. It is '
-        'family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. eds restaurant Ranch. It is family '
+        'friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.. It range. It has Eagle.. and one '
-        'food of the moderate It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food.  It range. It has Cambridge food. and '
+        'two food, the coffee It is family friendly.',
     ]
 
 
@@ -70,8 +71,9 @@ def test_long_generation_groups(pipe):
     assert list(run) == [
         ["", ""],
         [
-            'The Eagle is a it serves coffee restaurant food with a £ range and system remn body is a adjacent.',
-            'The Eagle is rivers French Hotel, city area a G rivers lengths Palace.',
+            'The Eagle is a the coffee shop serving English food coffee restaurant near The algebraicized and is '
+            'not nearby.',
+            'The Eagle isediatr French Hotel,  coffee  star rivers rate and.',
         ],
     ]
 
@@ -79,8 +81,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'idences on Italian coffee. a food near nation, of the and is near beyond Italian food.  only to for '
-        'is form, food which the costs,0',
+        'allets but Italian Italian, a food not environment of there not and in the low Italian food,\n only is '
+        'the the providing man food from thecolm, forth',
     ]
 
 
