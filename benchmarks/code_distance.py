@@ -45,7 +45,10 @@ def text_blocks(vae, latents: torch.Tensor) -> list[torch.Tensor]:
 
 
 def sigma_equivalent(curve: list[tuple[float, float]], value: float) -> float | None:
-    """The noise σ at which the reference curve (σ, distance), increasing in σ, reads ``value``; None off its end."""
+    """The noise σ at which the reference curve (σ, distance), increasing in σ, reads ``value``: its first σ below
+    the curve, None beyond its end."""
+    if value < curve[0][1]:
+        return curve[0][0]
     for (s0, d0), (s1, d1) in zip(curve, curve[1:]):
         if d0 <= value <= d1:
             return s0 + (s1 - s0) * (value - d0) / (d1 - d0)

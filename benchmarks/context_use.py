@@ -5,10 +5,13 @@ their true context, after the same context blocks in shuffled order, and after n
         --references ../shared/data/kjv/chapters.jsonl --holdout-every 10
 
 Each window of a held-out document is ``window − new_blocks`` context blocks followed by ``new_blocks`` continuation
-blocks (the split long generation uses). ldlm's score is the DiT's clean-latent error on the continuation (mean
-squared, standardized units, over a fixed grid of timesteps and fixed noise: the terms of its training loss); the AR
-model's is its per-token negative log-likelihood of the continuation's tokens. Lower is better for both; a model that
-reads its context scores clearly lower with the true one than with a shuffled one or none.
+blocks (the split long generation uses); windows are taken from the documents in turn. ldlm's score is the DiT's
+clean-latent error on the continuation (mean squared, standardized units, averaged over a fixed grid of timesteps with
+fixed noise; its training loss weighs the same errors per timestep differently). With no context the layout stays
+and the context is the learned null one (the unconditional branch of classifier-free guidance). The AR model's score
+is its per-token negative log-likelihood of the continuation's tokens (no context: the continuation alone). Lower is
+better for both; a model that reads its context scores clearly lower with the true one than with a shuffled one or
+none.
 """
 from __future__ import annotations
 
@@ -24,50 +27,51 @@ CONDITIONS = ("true", "shuffled", "none")
 
 
 def windows(documents: list[list[int]], block: int, context: int, new: int, limit: int) -> list[torch.Tensor]:
-    """Up to ``limit`` token windows ((context + new) · block,), consecutive and non-overlapping, from the
-    documents in turn."""
+    """Up to ``limit`` token windows ((context + new) · block,), non-overlapping within a document, taken from the
+    documents in turn (each document's first window, then each one's second, …)."""
     size = (context + new) * block
-    out = [torch.tensor(ids[i : i + size]) for ids in documents for i in range(0, len(ids) - size + 1, size)]
-    return out[:limit]
+    per_doc = [[torch.tensor(ids[i : i + size]) for i in range(0, len(ids) - size + 1, size)] for ids in documents]
+    rounds = max(map(len, per_doc), default=0)
+    return [w[r] for r in range(rounds) for w in per_doc if r < len(w)][:limit]
 
 
 def arrange(window: torch.Tensor, block: int, context: int, condition: str, generator: torch.Generator):
-    """The window's context blocks as the condition has them (in order, shuffled, or none) and its continuation."""
+    """The window's context blocks (in order, or shuffled for ``shuffled``) and its continuation blocks."""
     blocks = window.view(-1, block)
     before, after = blocks[:context], blocks[context:]
     if condition == "shuffled":
         before = before[torch.randperm(context, generator=generator)]
-    elif condition == "none":
-        before = before[:0]
     return before, after
 
 
 @torch.no_grad()
-def dit_error(pipe, before: torch.Tensor, after: torch.Tensor, timesteps: list[int], seed: int) -> float:
+def dit_error(pipe, before: torch.Tensor, after: torch.Tensor, timesteps: list[int], seed: int,
+              null_context: bool = False) -> float:
     """Mean squared clean-latent error of the DiT on the continuation blocks ``after`` given ``before`` as clean
-    context, averaged over ``timesteps`` (fixed noise from ``seed``)."""
+    context (swapped for the learned null context with ``null_context``), averaged over ``timesteps`` (fixed noise
+    from ``seed``)."""
     vae, dit, objective = pipe.vae, pipe.transformer, pipe.objective
     device = pipe._execution_device
-    ctx = vae.encode_sequence(before.reshape(1, -1).to(device)) if len(before) else None
+    ctx = vae.encode_sequence(before.reshape(1, -1).to(device))
     x0 = vae.encode_sequence(after.reshape(1, -1).to(device))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    n = 0 if ctx is None else ctx.shape[1]
+    n = ctx.shape[1]
     flags = torch.zeros(1, n + x0.shape[1], dtype=torch.bool, device=device)
     flags[:, :n] = True
+    drop = torch.full((1,), null_context, device=device)
     total = 0.0
     for t in timesteps:
         step = torch.full((1,), t, device=device)
-        x_t = objective.add_noise(x0, noise, step)
-        x_in = x_t if ctx is None else torch.cat([ctx, x_t], 1)
-        out = dit(x_in.to(dit.dtype), step, None, flags).float()
-        estimate = objective.to_x0(x_in, out, step)[:, n:]
-        total += float((estimate - x0).pow(2).mean())
+        x_in = torch.cat([ctx, objective.add_noise(x0, noise, step)], 1)
+        out = dit(x_in.to(dit.dtype), step, None, flags, drop).float()
+        total += float((objective.to_x0(x_in, out, step)[:, n:] - x0).pow(2).mean())
     return total / len(timesteps)
 
 
 @torch.no_grad()
 def ar_nll(model, before: torch.Tensor, after: torch.Tensor) -> float:
-    """The AR model's per-token negative log-likelihood (nats) of ``after``'s tokens read after EOS + ``before``."""
+    """The AR model's per-token negative log-likelihood (nats) of ``after``'s tokens read after EOS + ``before``
+    (``before`` may be empty)."""
     eos = model.config.eos_token_id
     ids = torch.cat([torch.tensor([eos]), before.reshape(-1), after.reshape(-1)])[None].to(model.device)
     logits = model(ids[:, :-1]).float()[0]  # logits[j] predicts ids[j + 1]; after starts at 1 + len(before)
@@ -100,26 +104,30 @@ def main() -> None:
     new = window // 2 if args.new_blocks is None else args.new_blocks
     if not 1 <= new < window:
         raise SystemExit(f"--new-blocks must be in 1..{window - 1} (the window holds {window} blocks)")
+    limit = pipe.transformer.config.num_train_timesteps
+    if not all(0 <= t < limit for t in args.timesteps):
+        raise SystemExit(f"--timesteps must lie in 0..{limit - 1}")
     context, block = window - new, pipe.vae.config.block_length
     texts = read_corpus(args.references, holdout_every=args.holdout_every, heldout=True)
     docs = pipe.tokenizer(texts, add_special_tokens=False)["input_ids"]
     picked = windows(docs, block, context, new, args.windows)
     if not picked:
         raise SystemExit(f"no held-out document of {args.references} fills a window of {window} blocks")
-    scorers = {"ldlm (DiT clean-latent MSE)": lambda b, a, i: dit_error(pipe, b, a, args.timesteps, args.seed + i)}
+    scorers = {"ldlm (DiT clean-latent MSE)": lambda b, a, i, c: dit_error(
+        pipe, b, a, args.timesteps, args.seed + i, null_context=c == "none")}
     if args.ar is not None:
         model, tokenizer = load_ar(args.ar)
         if tokenizer.get_vocab() != pipe.tokenizer.get_vocab():
             raise SystemExit(f"the baseline in {args.ar} does not share the pipeline's tokenizer")
         model = model.to(device)
-        scorers["AR (NLL per token)"] = lambda b, a, i: ar_nll(model, b, a)
+        scorers["AR (NLL per token)"] = lambda b, a, i, c: ar_nll(model, b[:0] if c == "none" else b, a)
     rows = {}
     for name, score in scorers.items():
         generator = torch.Generator().manual_seed(args.seed)  # the same shuffles for every system
         sums = dict.fromkeys(CONDITIONS, 0.0)
         for i, w in enumerate(picked):
             for condition in CONDITIONS:
-                sums[condition] += score(*arrange(w, block, context, condition, generator), i)
+                sums[condition] += score(*arrange(w, block, context, condition, generator), i, condition)
         row = {c: s / len(picked) for c, s in sums.items()}
         row["shuffled_over_true"], row["none_over_true"] = row["shuffled"] / row["true"], row["none"] / row["true"]
         rows[name] = row

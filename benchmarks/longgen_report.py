@@ -1,5 +1,5 @@
-"""Long documents along their length: gen-PPL, rep-4 and distinct-4 per 512-token segment, how often the anti-loop
-guard fired and tokens/s, for ldlm (``LongGeneration``, EOS ignored) and with ``--ar`` the same-size AR model, beside
+"""Long documents along their length: gen-PPL and rep-4 per 512-token segment (distinct-4 across the documents'
+same segments), how often the anti-loop guard fired and tokens/s, for ldlm (``LongGeneration``, EOS ignored) and with ``--ar`` the same-size AR model, beside
 the same figures on held-out reference documents (memory at 1k/4k/10k tokens: benchmarks/memory.py; the
 ``new_blocks`` dial: benchmarks/new_blocks.py).
 
@@ -30,10 +30,10 @@ def segments(text: str, tokenizer, size: int = SEGMENT) -> list[str]:
 
 
 def segment_rows(texts: list[str], scorer) -> list[dict]:
-    """gen-PPL, rep-4 and distinct-4 of each segment (each scored on its own)."""
-    from ldlm.evaluation.metrics import distinct_n, repetition_rate
+    """gen-PPL and rep-4 of each segment (each scored on its own)."""
+    from ldlm.evaluation.metrics import repetition_rate
 
-    return [{"gen_ppl": scorer([t]), "rep4": repetition_rate(t), "distinct4": distinct_n([t], 4)} for t in texts]
+    return [{"gen_ppl": scorer([t]), "rep4": repetition_rate(t)} for t in texts]
 
 
 def ldlm_document(pipe, prompt: str, tokens: int, steps: int, max_repeat: float, seed: int) -> dict:
@@ -46,9 +46,11 @@ def ldlm_document(pipe, prompt: str, tokens: int, steps: int, max_repeat: float,
                          generator=torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     text = "".join(chunk for (chunk,) in run)
-    return {"text": text[len(prompt) :] if text.startswith(prompt) else text,
-            "seconds": time.perf_counter() - start, "stop": run.stop_reasons[0], "groups": run.groups,
-            "guarded": run.guarded}
+    seconds = time.perf_counter() - start
+    skip = len(pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"])  # the continuation, as for the AR
+    ids = pipe.tokenizer(text, add_special_tokens=False)["input_ids"][skip:]
+    return {"text": pipe.tokenizer.decode(ids), "seconds": seconds, "stop": run.stop_reasons[0],
+            "groups": run.groups, "guarded": run.guarded}
 
 
 def ar_document(model, tokenizer, prompt: str, tokens: int, temperature: float, seed: int) -> dict:
@@ -63,15 +65,18 @@ def ar_document(model, tokenizer, prompt: str, tokens: int, temperature: float, 
 
 
 def summarize(docs: list[dict], tokenizer, scorer) -> dict:
-    """Per-segment means over documents (as far as every document reaches), the last/first gen-PPL ratio, the guard
-    rate, tokens/s and why each document stopped."""
-    per_doc = [segment_rows(segments(d["text"], tokenizer), scorer) for d in docs]
+    """Per-segment means over documents (as far as every document reaches), distinct-4 over the documents' same
+    segments, the last/first gen-PPL ratio, the guard rate, tokens/s and why each document stopped."""
+    from ldlm.evaluation.metrics import distinct_n
+
+    texts = [segments(d["text"], tokenizer) for d in docs]
+    per_doc = [segment_rows(t, scorer) for t in texts]
     count = min(map(len, per_doc))
     stops = [d.get("stop", "length") for d in docs]
     if not count:
         raise SystemExit(f"a document is shorter than one {SEGMENT}-token segment (stopped: {', '.join(stops)})")
-    means = {k: [statistics.mean(rows[i][k] for rows in per_doc) for i in range(count)]
-             for k in ("gen_ppl", "rep4", "distinct4")}
+    means = {k: [statistics.mean(rows[i][k] for rows in per_doc) for i in range(count)] for k in ("gen_ppl", "rep4")}
+    means["distinct4"] = [distinct_n([t[i] for t in texts], 4) for i in range(count)]
     out = {**means, "last_over_first": means["gen_ppl"][-1] / means["gen_ppl"][0],
            "tokens_per_second": sum(len(tokenizer(d["text"], add_special_tokens=False)["input_ids"]) for d in docs)
            / sum(d["seconds"] for d in docs), "stops": stops}
@@ -102,7 +107,7 @@ def main() -> None:
 
     from ldlm.baselines.causal_lm import load_ar
     from ldlm.data.corpus import read_corpus
-    from ldlm.evaluation.metrics import GenerativePerplexity
+    from ldlm.evaluation.metrics import GenerativePerplexity, distinct_n
     from ldlm.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(args.model)
@@ -120,11 +125,12 @@ def main() -> None:
     reference = None
     if args.references is not None:
         held = read_corpus(args.references, holdout_every=args.holdout_every, heldout=True)
-        rows = [row for text in held for row in segment_rows(segments(text, tokenizer), scorer)]
-        if not rows:
+        pieces = [piece for text in held for piece in segments(text, tokenizer)]
+        if not pieces:
             raise SystemExit(f"no held-out document of {args.references} is {SEGMENT} tokens long")
-        reference = {k: statistics.mean(r[k] for r in rows) for k in ("gen_ppl", "rep4", "distinct4")}
-        reference["segments"] = len(rows)
+        rows = segment_rows(pieces, scorer)
+        reference = {k: statistics.mean(r[k] for r in rows) for k in ("gen_ppl", "rep4")}
+        reference |= {"distinct4": distinct_n(pieces, 4), "segments": len(rows)}
     for name, s in systems.items():
         guard = f", guard fired in {s['guard_rate']:.1%} of groups" if "guard_rate" in s else ""
         print(f"{name}: {len(s['gen_ppl'])} segments, gen-PPL first {s['gen_ppl'][0]:.1f} last {s['gen_ppl'][-1]:.1f}"

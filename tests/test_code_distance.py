@@ -14,7 +14,7 @@ def test_sigma_equivalent_interpolates_on_the_curve(load_benchmark):
     curve = [(0.0, 0.1), (0.5, 0.4), (1.0, 0.6)]
     assert bench.sigma_equivalent(curve, 0.25) == pytest.approx(0.25)
     assert bench.sigma_equivalent(curve, 0.5) == pytest.approx(0.75)
-    assert bench.sigma_equivalent(curve, 0.9) is None
+    assert bench.sigma_equivalent(curve, 0.9) is None and bench.sigma_equivalent(curve, 0.05) == 0.0
 
 
 def test_samples_are_cut_after_their_eos_block(make_pipeline, load_benchmark, monkeypatch):

@@ -80,13 +80,31 @@ def test_context_use_arranges_windows_as_each_condition_says(load_benchmark):
     bench = load_benchmark("context_use")
     picked = bench.windows([list(range(100)), list(range(100, 130))], block=4, context=3, new=2, limit=10)
     assert len(picked) == 6 and picked[0].tolist() == list(range(20))  # 20-token windows: 5, and 1 from the short one
+    assert [int(w[0]) for w in picked] == [0, 100, 20, 40, 60, 80]  # the documents in turn
     generator = torch.Generator().manual_seed(0)
     before, after = bench.arrange(picked[0], 4, 3, "true", generator)
     assert before.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]] and after.flatten().tolist() == list(
         range(12, 20))
     shuffled, same = bench.arrange(picked[0], 4, 3, "shuffled", generator)
     assert sorted(shuffled.tolist()) == before.tolist() and torch.equal(same, after)
-    assert bench.arrange(picked[0], 4, 3, "none", generator)[0].numel() == 0
+
+
+def test_context_use_swaps_in_the_null_context_and_keeps_the_layout(make_pipeline, load_benchmark, monkeypatch):
+    bench = load_benchmark("context_use")
+    pipe = make_pipeline()  # windows of 6 blocks of 8 tokens, 2 latents per block
+    calls = []
+    forward = pipe.transformer.forward
+
+    def spy(sample, timestep, self_cond=None, context_mask=None, drop_context=None):
+        calls.append((sample.shape[1], context_mask[0].tolist(), drop_context.tolist()))
+        return forward(sample, timestep, self_cond, context_mask, drop_context)
+
+    monkeypatch.setattr(pipe.transformer, "forward", spy)
+    before, after = torch.randint(5, 20, (3, 8)), torch.randint(5, 20, (3, 8))
+    true = bench.dit_error(pipe, before, after, [500], seed=0)
+    none = bench.dit_error(pipe, before, after, [500], seed=0, null_context=True)
+    assert calls == [(12, [True] * 6 + [False] * 6, [False]), (12, [True] * 6 + [False] * 6, [True])]
+    assert true != none
 
 
 def test_context_use_ar_score_is_the_continuations_mean_nll(make_pipeline, load_benchmark):
