@@ -47,6 +47,12 @@ def teacher_dirs(tmp_path_factory, tokenizer) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
+def autograd_on():
+    """Every test starts with autograd on: a benchmark's setup() switches it off for the whole process."""
+    torch.set_grad_enabled(True)
+
+
+@pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own feature cache."""
     monkeypatch.setenv("LDLM_CACHE", str(tmp_path / "cache"))

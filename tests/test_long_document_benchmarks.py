@@ -128,8 +128,7 @@ def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_
     monkeypatch.setattr(sys, "argv", ["context_use.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"),
                                       "--references", str(refs), "--holdout-every", "1", "--windows", "4",
                                       "--timesteps", "200", "800", "--out", str(tmp_path / "ctx")])
-    with torch.enable_grad():  # setup() turns autograd off for the process; give it back to the other tests
-        bench.main()
+    bench.main()
     result = json.loads((tmp_path / "ctx.json").read_text())
     assert result["config"]["windows_used"] == 4 and result["config"]["new_blocks"] == 3  # half of a 6-block window
     for row in result["rows"].values():
