@@ -21,12 +21,23 @@ def _tiny_ar(pipe) -> CausalLM:
     return model
 
 
+def _save_both(pipe, folder) -> None:
+    """Save ``pipe`` to ``folder/pipe`` and a tiny AR model over its token table to ``folder/ar``."""
+    pipe.save_pretrained(folder / "pipe")
+    _tiny_ar(pipe).save_pretrained(folder / "ar" / "model")
+    pipe.tokenizer.save_pretrained(folder / "ar" / "tokenizer")
+
+
+def _documents(path, count: int, sentences: int):
+    """A jsonl corpus of ``count`` documents of ``sentences`` built-in sentences each; returns ``path``."""
+    path.write_text("".join(json.dumps({"text": " ".join(restaurant_sentences(sentences, seed=i))}) + "\n"
+                            for i in range(count)))
+    return path
+
+
 def test_memory_children_generate_the_requested_document(make_pipeline, tmp_path, load_benchmark):
     memory = load_benchmark("memory")
-    pipe = make_pipeline()
-    pipe.save_pretrained(tmp_path / "pipe")
-    _tiny_ar(pipe).save_pretrained(tmp_path / "ar" / "model")
-    pipe.tokenizer.save_pretrained(tmp_path / "ar" / "tokenizer")
+    _save_both(make_pipeline(), tmp_path)
     common = dict(model=str(tmp_path / "pipe"), steps=2, threads=1, device="cpu", seed=0)
     for trained in (str(tmp_path / "ar"), None):  # None: the untrained stand-in, built from the VAE's sizes
         ar = memory.child(argparse.Namespace(system="ar", ar=trained, **common), 40)
@@ -56,12 +67,8 @@ def test_new_blocks_documents_and_speed_at_each_setting(make_pipeline, load_benc
 def test_length_report_scores_every_segment_of_both_systems(make_pipeline, load_benchmark, teacher_dirs, tmp_path,
                                                             monkeypatch):
     report = load_benchmark("longgen_report")
-    pipe = make_pipeline()
-    pipe.save_pretrained(tmp_path / "pipe")
-    _tiny_ar(pipe).save_pretrained(tmp_path / "ar" / "model")
-    pipe.tokenizer.save_pretrained(tmp_path / "ar" / "tokenizer")
-    refs = tmp_path / "refs.jsonl"
-    refs.write_text("".join(json.dumps({"text": " ".join(restaurant_sentences(150, seed=i))}) + "\n" for i in range(2)))
+    _save_both(make_pipeline(), tmp_path)
+    refs = _documents(tmp_path / "refs.jsonl", count=2, sentences=150)
     monkeypatch.setattr(sys, "argv", [
         "longgen_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"), "--tokens", "1100",
         "--steps", "2", "--prompt", "Zizzi is a cheap coffee shop", "--max-repeat", "1", "--references", str(refs), "--holdout-every", "1",
@@ -120,12 +127,8 @@ def test_context_use_ar_score_is_the_continuations_mean_nll(make_pipeline, load_
 
 def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_benchmark, tmp_path, monkeypatch):
     bench = load_benchmark("context_use")
-    pipe = make_pipeline()
-    pipe.save_pretrained(tmp_path / "pipe")
-    _tiny_ar(pipe).save_pretrained(tmp_path / "ar" / "model")
-    pipe.tokenizer.save_pretrained(tmp_path / "ar" / "tokenizer")
-    refs = tmp_path / "refs.jsonl"
-    refs.write_text("".join(json.dumps({"text": " ".join(restaurant_sentences(12, seed=i))}) + "\n" for i in range(3)))
+    _save_both(make_pipeline(), tmp_path)
+    refs = _documents(tmp_path / "refs.jsonl", count=3, sentences=12)
     monkeypatch.setattr(sys, "argv", ["context_use.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"),
                                       "--references", str(refs), "--holdout-every", "1", "--windows", "4",
                                       "--timesteps", "200", "800", "--out", str(tmp_path / "ctx")])
