@@ -67,8 +67,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "code_distance"))
     args = parser.parse_args()
-    if args.samples < 1:
-        raise SystemExit("--samples must be at least 1")
+    if args.samples < 1 or min(args.steps) < 1:
+        raise SystemExit("--samples and --steps must be at least 1")
     if sorted(args.sigmas) != args.sigmas or any(s < 0 for s in args.sigmas):
         raise SystemExit("--sigmas must be non-negative and increasing")
     if not Path(args.references).is_file():

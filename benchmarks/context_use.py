@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="docs/img/context_use")
     args = parser.parse_args()
+    if args.windows < 1:
+        raise SystemExit("--windows must be at least 1")
     if not Path(args.references).is_file():
         raise SystemExit(f"corpus not found: {args.references}")
     device = setup(args.device)
