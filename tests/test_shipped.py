@@ -59,3 +59,17 @@ def test_shipped_training_configs_load_with_todays_schema():
     vae = load_config(VAEExperiment, str(SHIPPED / "vae" / "train-config.yaml"), [])
     dit = load_config(DiTExperiment, str(SHIPPED / "transformer" / "train-config.yaml"), [])
     assert vae.model.freeze_encoder and dit.diffusion.min_snr_gamma == 5.0
+
+
+def test_every_config_loads_with_its_schema_into_its_own_runs_folder():
+    from ldlm.training.config import (ARExperiment, ClassifierExperiment, DiTExperiment, VAEExperiment,
+                                      load_config)
+
+    schema = {"tiny": VAEExperiment, "e2e-smollm2": VAEExperiment, "e2e-vae-robust": VAEExperiment,
+              "kjv-vae-robust": VAEExperiment, "e2e-dit": DiTExperiment, "e2e-dit-robust": DiTExperiment,
+              "kjv-long": DiTExperiment, "e2e-ar": ARExperiment, "e2e-content": ClassifierExperiment,
+              "brown-pos": ClassifierExperiment}
+    configs = {p.stem: p for p in (SHIPPED.parents[1] / "configs").glob("*.yaml")}
+    assert set(configs) == set(schema)
+    outputs = [load_config(schema[name], str(path), []).train.output_dir for name, path in configs.items()]
+    assert all(out.startswith("runs/") for out in outputs) and len(set(outputs)) == len(outputs)

@@ -148,3 +148,20 @@ def test_warm_start_begins_from_the_given_pipeline(vae_dir, tmp_path, capsys):
     assert main(["train-dit", "--config", config, *_overrides(vae_dir, tmp_path / "c"), f"init={first}",
                  "model.preset=small"]) == 2
     assert "differs from the configured one in hidden_size" in capsys.readouterr().err
+    assert main(["train-dit", "--config", config, *_overrides(vae_dir, tmp_path / "d"), f"init={first}",
+                 "data.max_blocks=3"]) == 2
+    assert "differs from the configured one in max_blocks" in capsys.readouterr().err
+
+
+def test_warm_start_onto_longer_windows_keeps_the_trained_block_positions(vae_dir, tmp_path):
+    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
+    longer = train_dit(load_config(DiTExperiment, None, _overrides(
+        vae_dir, tmp_path / "b", f"init={first}", "data.max_blocks=6", "train.max_steps=1", "train.lr=1e-12",
+        "sample.every=0")))
+    start = LatentDiT.from_pretrained(first / "transformer")
+    end = LatentDiT.from_pretrained(longer / "transformer")
+    assert (start.config.max_blocks, end.config.max_blocks) == (4, 6)
+    start, end = start.state_dict(), end.state_dict()
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start if k != "block_pos")
+    assert torch.allclose(start["block_pos"], end["block_pos"][:4], atol=1e-6)
+    assert not torch.allclose(end["block_pos"][4:], torch.zeros_like(end["block_pos"][4:]))

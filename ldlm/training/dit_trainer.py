@@ -126,16 +126,23 @@ class LatentDiTModule(L.LightningModule):
 
 
 def load_transformer_weights(transformer: LatentDiT, pipeline: str) -> None:
-    """Start from the transformer weights of an exported pipeline, which must have the same shape."""
+    """Start from the transformer weights of an exported pipeline, which must have the same shape, except that it
+    may have been trained on shorter windows (fewer ``max_blocks``): its block positions then fill the first rows
+    and the further blocks keep their fresh initialisation."""
     folder = Path(pipeline) / "transformer"
     if not (folder / "config.json").is_file():
         raise LdlmError(f"init: {pipeline} holds no transformer/ folder")
     trained = LatentDiT.from_pretrained(folder)
     diff = sorted(k for k in transformer.config
                   if not k.startswith("_") and trained.config.get(k) != transformer.config[k])
+    if diff == ["max_blocks"] and trained.config.max_blocks < transformer.config.max_blocks:
+        diff = []
     if diff:
         raise LdlmError(f"init: the transformer in {pipeline} differs from the configured one in {', '.join(diff)}")
-    transformer.load_state_dict(trained.state_dict())
+    state = trained.state_dict()
+    block_pos = transformer.block_pos.detach().clone()
+    block_pos[: trained.config.max_blocks] = state["block_pos"]
+    transformer.load_state_dict(state | {"block_pos": block_pos})
 
 
 def _strategy(cfg: DiTExperiment):
