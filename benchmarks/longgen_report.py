@@ -53,14 +53,17 @@ def ldlm_document(pipe, prompt: str, tokens: int, steps: int, max_repeat: float,
             "groups": run.groups, "guarded": run.guarded}
 
 
-def ar_document(model, tokenizer, prompt: str, tokens: int, temperature: float, seed: int) -> dict:
-    """The AR model's continuation of ``prompt`` to ``tokens`` tokens in all (its KV cache holds the whole text)."""
+def ar_document(model, tokenizer, prompt: str, tokens: int, temperature: float, seed: int,
+                window: int | None) -> dict:
+    """The AR model's continuation of ``prompt`` to ``tokens`` tokens in all; its KV cache holds the whole text, or
+    with ``window`` the last ``window`` tokens (a sliding cache)."""
     import torch
 
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     start = time.perf_counter()
     new = model.generate(torch.tensor([ids]), max_new_tokens=max(1, tokens - len(ids)), temperature=temperature,
-                         stop_at_eos=False, generator=torch.Generator().manual_seed(seed))[0].tolist()
+                         stop_at_eos=False, generator=torch.Generator().manual_seed(seed),
+                         window=window)[0].tolist()
     return {"text": tokenizer.decode(new, skip_special_tokens=True), "seconds": time.perf_counter() - start}
 
 
@@ -95,6 +98,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--max-repeat", type=float, default=0.5, help="the anti-loop threshold (1: off)")
     parser.add_argument("--temperature", type=float, default=1.0, help="the AR model's sampling temperature")
+    parser.add_argument("--ar-window", type=int, default=None,
+                        help="the AR model attends to its last N tokens (a sliding KV cache; default: all)")
     parser.add_argument("--references", default=None, help="corpus whose held-out documents give reference rows")
     parser.add_argument("--holdout-every", type=int, default=10, help="held-out documents: i %% N == 0")
     parser.add_argument("--ppl-model", default="smollm2")
@@ -102,6 +107,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.tokens < SEGMENT or args.documents < 1:
         raise SystemExit(f"--tokens must be at least {SEGMENT} and --documents at least 1")
+    if args.ar_window is not None and args.ar_window < 1:
+        raise SystemExit(f"--ar-window must be at least 1, got {args.ar_window}")
     if args.references is not None and not Path(args.references).is_file():
         raise SystemExit(f"corpus not found: {args.references}")
 
@@ -119,8 +126,9 @@ def main() -> None:
         model, ar_tokenizer = load_ar(args.ar)
         if ar_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise SystemExit(f"the baseline in {args.ar} does not share the pipeline's tokenizer")
-        systems[f"AR, T={args.temperature:g}"] = summarize(
-            [ar_document(model, tokenizer, args.prompt, args.tokens, args.temperature, seed)
+        window = "" if args.ar_window is None else f", window {args.ar_window}"
+        systems[f"AR, T={args.temperature:g}{window}"] = summarize(
+            [ar_document(model, tokenizer, args.prompt, args.tokens, args.temperature, seed, args.ar_window)
              for seed in range(args.documents)], tokenizer, scorer)
     reference = None
     if args.references is not None:

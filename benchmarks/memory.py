@@ -9,7 +9,8 @@ On CPU the figure is the process's peak resident set (VmHWM, reset once the mode
 the resident set at that point; on CUDA, the peak of allocated tensor memory and its rise over the loaded weights.
 Both systems generate exactly the requested tokens: ldlm with ``LongGeneration.fixed_ids`` (its group steps with the
 bounded context window, no EOS or anti-loop handling) at ``--steps`` denoising steps, the baseline sampling every
-token with a cache sized for the whole document, as a KV-cache decoder must.
+token with a cache sized for the whole document, as a KV-cache decoder must; with ``--ar-window N`` also with a
+sliding cache of its last N tokens (system ``ar-window``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ldlm.pipelines.long_generation import LongGeneration
 from ldlm.vae.model import TextVAE
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEMS = ("ldlm", "ar")
+LABELS = {"ldlm": "ldlm (block by block)", "ar": "AR (KV cache)", "ar-window": "AR (sliding KV cache)"}
 
 
 def resident_mb(field: str) -> float:
@@ -74,7 +75,9 @@ def child(args: argparse.Namespace, tokens: int) -> dict:
         reset_peak(device)
         loaded = used_mb(device, peak=False)
         start = time.perf_counter()
-        tokens = model.generate(max_new_tokens=tokens, stop_at_eos=False, generator=generator).shape[1]
+        window = args.ar_window if args.system == "ar-window" else None
+        tokens = model.generate(max_new_tokens=tokens, stop_at_eos=False, generator=generator,
+                                window=window).shape[1]
     seconds = time.perf_counter() - start
     return {"system": args.system, "tokens": tokens, "seconds": seconds, "loaded_mb": loaded,
             "peak_mb": used_mb(device, peak=True)}
@@ -90,10 +93,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ar-window", type=int, default=None,
+                        help="also measure the AR model with a sliding KV cache of its last N tokens")
     parser.add_argument("--quick", action="store_true", help="256 and 1,024 tokens")
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "memory"))
-    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # set in the measuring child process
+    parser.add_argument("--system", choices=tuple(LABELS), help=argparse.SUPPRESS)  # set in the measuring child
     args = parser.parse_args()
+    if args.ar_window is not None and args.ar_window < 1:
+        raise SystemExit(f"--ar-window must be at least 1, got {args.ar_window}")
     setup(args.device)
     if args.system is not None:
         print(json.dumps(child(args, args.tokens[0])))
@@ -101,29 +108,31 @@ def main() -> None:
     if args.quick:
         args.tokens = [256, 1024]
 
+    systems = ["ldlm", "ar"] + (["ar-window"] if args.ar_window else [])
     rows = []
-    for system in SYSTEMS:
+    for system in systems:
         for tokens in args.tokens:
             command = [sys.executable, __file__, "--system", system, "--tokens", str(tokens), "--steps",
                        str(args.steps), "--threads", str(args.threads), "--device", args.device, "--seed",
                        str(args.seed)]
             command += ["--model", args.model] if args.model else []
             command += ["--ar", args.ar] if args.ar else []
+            command += ["--ar-window", str(args.ar_window)] if args.ar_window else []
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"{system} at {tokens} tokens failed: {done.stderr.strip().splitlines()[-1]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"  {system:4s} {r['tokens']:6d} tokens: peak {r['peak_mb']:7.0f} MB "
+            print(f"  {system:9s} {r['tokens']:6d} tokens: peak {r['peak_mb']:7.0f} MB "
                   f"({r['peak_mb'] - r['loaded_mb']:+6.0f} MB over the loaded model), {r['seconds']:.1f} s", flush=True)
 
     what = "peak allocated MiB" if args.device.startswith("cuda") else "peak RSS MB"
     print("\n| system | " + " | ".join(f"{n} tokens" for n in args.tokens)
           + f" |  ({what}; rise over the loaded model)")
     print("|---|" + "---|" * len(args.tokens))
-    for system in SYSTEMS:
+    for system in systems:
         cells = [f"{r['peak_mb']:.0f} ({r['peak_mb'] - r['loaded_mb']:+.0f})" for r in rows if r["system"] == system]
-        print(f"| {'ldlm' if system == 'ldlm' else 'AR (KV cache)'} | " + " | ".join(cells) + " |")
+        print(f"| {LABELS[system]} | " + " | ".join(cells) + " |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k != "system"}
@@ -140,10 +149,11 @@ def plot(rows: list[dict], what: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
-    for system, label, style in (("ldlm", "ldlm (block by block)", {}),
-                                 ("ar", "AR baseline (KV cache)", dict(color="black", linestyle="--"))):
+    styles = {"ldlm": {}, "ar": dict(color="black", linestyle="--"), "ar-window": dict(color="gray", linestyle=":")}
+    for system, style in styles.items():
         points = [(r["tokens"], r["peak_mb"] - r["loaded_mb"]) for r in rows if r["system"] == system]
-        ax.plot(*zip(*points), marker="o", label=label, **style)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=LABELS[system], **style)
     ax.set_xscale("log")
     ax.set_xlabel("document length (tokens)")
     ax.set_ylabel(f"rise of the {what} over the loaded model", fontsize=9)

@@ -93,6 +93,29 @@ def test_windows_start_with_eos_and_crop_long_documents():
     assert len(crops) > 3  # random windows of the long document
 
 
+@torch.no_grad()
+def test_sliding_cache_equals_banded_attention_and_stays_flat():
+    model = _model()
+    ids = torch.randint(V, (2, 15))
+    full = model.hidden_states(ids, window=4)
+    for prompt in (2, 6):  # a first chunk shorter and longer than the window, then one position at a time
+        cache = model.new_cache(2, 4, sliding=True)
+        steps = [model.hidden_states(ids[:, :prompt], cache)]
+        steps += [model.hidden_states(ids[:, i : i + 1], cache) for i in range(prompt, 15)]
+        assert cache.length == 15 and cache.keys[0].shape[2] == 4
+        torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+    assert not torch.allclose(full[:, 4:], model.hidden_states(ids)[:, 4:], atol=1e-3)
+    torch.testing.assert_close(full[:, :4], model.hidden_states(ids)[:, :4], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one position at a time"):
+        model.hidden_states(ids[:, :2], cache)
+    prompt = torch.randint(2, V, (2, 3))
+    cached = model.generate(prompt, max_new_tokens=12, temperature=0, stop_at_eos=False, window=5)
+    plain = model.generate(prompt, max_new_tokens=12, temperature=0, stop_at_eos=False, use_cache=False, window=5)
+    assert torch.equal(cached, plain)
+    assert torch.equal(model.generate(prompt, max_new_tokens=12, temperature=0, stop_at_eos=False, window=16),
+                       model.generate(prompt, max_new_tokens=12, temperature=0, stop_at_eos=False))
+
+
 def _overrides(vae_dir: str, out, *extra: str) -> list[str]:
     return [
         f"vae={vae_dir}", "data.train=[{path: 'builtin:restaurants:400'}]", "data.max_tokens=24",
@@ -197,6 +220,20 @@ def test_early_stopping_exports_the_best_validated_weights(vae_dir, tmp_path):
     assert (out / "logs" / "metrics.1.csv").is_file() and (out / "checkpoints" / "best.1.safetensors").is_file()
     assert not (out / "checkpoints" / "best.safetensors").exists()  # no early stopping this time
     assert not (out / "logs" / "metrics.csv").exists()  # 5 steps log nothing: the earlier rows are in metrics.1.csv
+
+
+def test_warm_start_begins_from_the_given_baseline(vae_dir, tmp_path, capsys):
+    first = train_ar(load_config(ARExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=3",
+                                                                "sample.every=0")))
+    second = train_ar(load_config(ARExperiment, None, _overrides(
+        vae_dir, tmp_path / "b", f"init={first}", "train.max_steps=1", "train.lr=1e-12", "sample.every=0")))
+    start, end = load_ar(first)[0].state_dict(), load_ar(second)[0].state_dict()
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    assert main(["train-ar", "--config", str(config), *_overrides(vae_dir, tmp_path / "c"), f"init={first}",
+                 "model.preset=small"]) == 2
+    assert "differs from the configured one in hidden_size" in capsys.readouterr().err
 
 
 def test_load_ar_refuses_other_folders(vae_dir, tmp_path):

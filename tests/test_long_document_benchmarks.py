@@ -38,9 +38,9 @@ def _documents(path, count: int, sentences: int):
 def test_memory_children_generate_the_requested_document(make_pipeline, tmp_path, load_benchmark):
     memory = load_benchmark("memory")
     _save_both(make_pipeline(), tmp_path)
-    common = dict(model=str(tmp_path / "pipe"), steps=2, threads=1, device="cpu", seed=0)
-    for trained in (str(tmp_path / "ar"), None):  # None: the untrained stand-in, built from the VAE's sizes
-        ar = memory.child(argparse.Namespace(system="ar", ar=trained, **common), 40)
+    common = dict(model=str(tmp_path / "pipe"), steps=2, threads=1, device="cpu", seed=0, ar_window=8)
+    for system, trained in (("ar", str(tmp_path / "ar")), ("ar", None), ("ar-window", str(tmp_path / "ar"))):
+        ar = memory.child(argparse.Namespace(system=system, ar=trained, **common), 40)  # None: the stand-in
         assert ar["tokens"] == 40 and ar["peak_mb"] >= ar["loaded_mb"] > 0
     ldlm = memory.child(argparse.Namespace(system="ldlm", ar=None, **common), 40)
     assert ldlm["tokens"] == 40 and ldlm["peak_mb"] >= ldlm["loaded_mb"] > 0
@@ -72,10 +72,10 @@ def test_length_report_scores_every_segment_of_both_systems(make_pipeline, load_
     monkeypatch.setattr(sys, "argv", [
         "longgen_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"), "--tokens", "1100",
         "--steps", "2", "--prompt", "Zizzi is a cheap coffee shop", "--max-repeat", "1", "--references", str(refs), "--holdout-every", "1",
-        "--ppl-model", teacher_dirs["qwen2"], "--out", str(tmp_path / "long")])
+        "--ar-window", "64", "--ppl-model", teacher_dirs["qwen2"], "--out", str(tmp_path / "long")])
     report.main()
     result = json.loads((tmp_path / "long.json").read_text())
-    ldlm, ar = result["systems"]["ldlm"], result["systems"]["AR, T=1"]
+    ldlm, ar = result["systems"]["ldlm"], result["systems"]["AR, T=1, window 64"]
     assert len(ldlm["gen_ppl"]) == len(ar["gen_ppl"]) == 2  # 1,100 tokens, prompt included: two whole segments
     assert ldlm["guard_rate"] == 0 and "guard_rate" not in ar  # the guard is off: the random model would loop
     assert ldlm["stops"] == ar["stops"] == ["length"]

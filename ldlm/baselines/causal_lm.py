@@ -15,23 +15,38 @@ from ldlm.errors import LdlmError
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated as (B, heads, capacity, head_dim); the first ``length``
-    positions are filled."""
+    """Keys and values of every layer, preallocated as (B, heads, capacity, head_dim); ``length`` positions have been
+    written. A growing cache holds them all and is full at ``capacity``. A ``sliding`` one keeps the last ``capacity``
+    (a ring: position p in slot p % capacity), so memory stays flat; after its first chunk it takes one position at a
+    time."""
 
-    def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, device, dtype) -> None:
+    def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, device, dtype,
+                 sliding: bool = False) -> None:
         shape = (batch, heads, capacity, head_dim)
         self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
-        self.length = 0
+        self.length, self.capacity, self.sliding = 0, capacity, sliding
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k``/``v`` (B, H, n, D) after the filled positions; return the layer's keys and values so far."""
-        end = self.length + k.shape[2]
-        if end > self.keys[layer].shape[2]:
-            raise ValueError(f"KV cache of {self.keys[layer].shape[2]} positions is full")
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        """Write ``k``/``v`` (B, H, n, D) after the written positions; return the keys and values the new positions
+        attend to: all cached so far (a sliding cache's first chunk: the chunk itself, for a banded mask)."""
+        n, end = k.shape[2], self.length + k.shape[2]
+        if not self.sliding:
+            if end > self.capacity:
+                raise ValueError(f"KV cache of {self.capacity} positions is full")
+            self.keys[layer][:, :, self.length : end] = k
+            self.values[layer][:, :, self.length : end] = v
+            return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        if self.length and n > 1:
+            raise ValueError("a sliding KV cache takes one position at a time after its first chunk")
+        keep = min(n, self.capacity)
+        slots = torch.arange(end - keep, end, device=k.device) % self.capacity
+        self.keys[layer][:, :, slots] = k[:, :, n - keep :]
+        self.values[layer][:, :, slots] = v[:, :, n - keep :]
+        if not self.length:
+            return k, v
+        filled = min(end, self.capacity)
+        return self.keys[layer][:, :, :filled], self.values[layer][:, :, :filled]
 
 
 def rotary(positions: torch.Tensor, dim: int, base: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +73,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
-                layer: int) -> torch.Tensor:
+                layer: int, window: int | None = None) -> torch.Tensor:
+        """``window``: each position attends to itself and the ``window`` - 1 before it (a sliding cache's size)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, n, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -68,7 +84,10 @@ class CausalSelfAttention(nn.Module):
         mask = None
         if past and n > 1:  # a chunk after cached positions: row i sees keys up to past + i
             mask = torch.ones(n, past + n, dtype=torch.bool, device=x.device).tril(past)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not past and n > 1)
+        elif window is not None and n > window:  # a chunk longer than the window: a causal band
+            ones = torch.ones(n, n, dtype=torch.bool, device=x.device)
+            mask = ones.tril() & ~ones.tril(-window)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and not past and n > 1)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -84,8 +103,8 @@ class DecoderBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
-                layer: int) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, cache, layer)
+                layer: int, window: int | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, cache, layer, window)
         return x + self.mlp(self.norm2(x))
 
 
@@ -162,15 +181,19 @@ class CausalLM(ModelMixin, ConfigMixin):
             self.token_table.copy_(table)
             self.token_bias.copy_(-self.token_table.pow(2).sum(-1))
 
-    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                      window: int | None = None) -> torch.Tensor:
         """Final states in token-table space (B, T, d_embed); with ``cache``, ``input_ids`` continue the cached
-        positions, and the cache is extended by them."""
+        positions, and the cache is extended by them. ``window`` limits attention to the last ``window`` positions
+        (a sliding cache's capacity)."""
         past = 0 if cache is None else cache.length
+        if cache is not None and cache.sliding:
+            window = cache.capacity
         x = self.embed_in(self.token_table[input_ids])
         positions = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
         cos, sin = rotary(positions, x.shape[-1] // self.config.num_heads, self.config.rope_base, x.dtype)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache, layer)
+            x = block(x, cos, sin, cache, layer, window)
         if cache is not None:
             cache.length += input_ids.shape[1]
         return self.embed_out(self.norm(x))
@@ -183,10 +206,10 @@ class CausalLM(ModelMixin, ConfigMixin):
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         return self.logits(self.hidden_states(input_ids, cache))
 
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
+    def new_cache(self, batch: int, capacity: int, sliding: bool = False) -> KVCache:
         cfg = self.config
         return KVCache(cfg.num_layers, batch, cfg.num_heads, capacity, cfg.hidden_size // cfg.num_heads, self.device,
-                       self.dtype)
+                       self.dtype, sliding)
 
     @torch.no_grad()
     def generate(
@@ -199,21 +222,28 @@ class CausalLM(ModelMixin, ConfigMixin):
         generator: torch.Generator | None = None,
         stop_at_eos: bool = True,
         use_cache: bool = True,
+        window: int | None = None,
     ) -> torch.Tensor:
         """New token ids (B, ≤ max_new_tokens) continuing EOS + ``input_ids`` (B, T) (all rows one prompt length;
         default: ``batch_size`` empty prompts, i.e. unconditional). Temperature 0 decodes greedily. With
         ``stop_at_eos`` a row holds EOS from its first EOS on and generation ends once every row has one; else
         exactly ``max_new_tokens`` are generated (speed benchmarks). ``use_cache=False`` reruns the whole sequence
-        every step (tests)."""
+        every step (tests). ``window``: every position attends to the last ``window`` only (a sliding KV cache, so
+        memory stays flat however long the text; the trained window length keeps positions within training)."""
+        if window is not None and window < 1:
+            raise ValueError(f"window must be positive, got {window}")
         eos = self.config.eos_token_id
         if input_ids is None:
             input_ids = torch.empty(batch_size, 0, dtype=torch.long)
         b = len(input_ids)
         ids = torch.cat([torch.full((b, 1), eos, dtype=torch.long), input_ids.cpu()], 1).to(self.device)
-        cache = self.new_cache(b, ids.shape[1] + max_new_tokens) if use_cache else None
+        total = ids.shape[1] + max_new_tokens
+        sliding = window is not None and window < total
+        cache = self.new_cache(b, window if sliding else total, sliding) if use_cache else None
         step_ids, done, new = ids, torch.zeros(b, dtype=torch.bool, device=self.device), []
         for _ in range(max_new_tokens):
-            token = sample_next(self.logits(self.hidden_states(step_ids, cache)[:, -1]), temperature, top_p, generator)
+            states = self.hidden_states(step_ids, cache, window)[:, -1]
+            token = sample_next(self.logits(states), temperature, top_p, generator)
             if stop_at_eos:
                 token = token.masked_fill(done, eos)
                 done |= token == eos

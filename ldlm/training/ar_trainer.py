@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from ldlm.baselines.causal_lm import CausalLM, generate_texts
+from ldlm.baselines.causal_lm import CausalLM, generate_texts, load_ar
 from ldlm.data import IGNORE
 from ldlm.data.token_windows import TokenDataModule
+from ldlm.errors import LdlmError
 from ldlm.pipelines.loading import load_vae
 from ldlm.training.checkpoint_io import atomic_dir
 from ldlm.training.config import ARExperiment, build_preset
@@ -62,6 +63,17 @@ def build_model(cfg: ARExperiment, token_table: torch.Tensor, eos_token_id: int)
     return model
 
 
+def load_weights(model: CausalLM, baseline: str) -> None:
+    """Start from the weights of an exported baseline, which must have the same shape and token table."""
+    trained, _ = load_ar(baseline)
+    diff = sorted(k for k in model.config if not k.startswith("_") and trained.config.get(k) != model.config[k])
+    if diff:
+        raise LdlmError(f"init: the baseline in {baseline} differs from the configured one in {', '.join(diff)}")
+    if not torch.equal(trained.token_table, model.token_table):
+        raise LdlmError(f"init: the baseline in {baseline} reads another token table than the configured VAE's")
+    model.load_state_dict(trained.state_dict())
+
+
 def train_ar(cfg: ARExperiment) -> Path | None:
     """Train the baseline (see :func:`ldlm.training.runner.run`); export it with the VAE's tokenizer to
     ``output_dir/model`` and ``output_dir/tokenizer`` (load both with :func:`ldlm.baselines.causal_lm.load_ar`) and
@@ -72,6 +84,8 @@ def train_ar(cfg: ARExperiment) -> Path | None:
 def _prepare(cfg: ARExperiment, out: Path) -> Job:
     vae, tokenizer = load_vae(cfg.vae)
     model = build_model(cfg, vae.token_table, tokenizer.eos_token_id)
+    if cfg.init is not None:
+        load_weights(model, cfg.init)
 
     def sample(module: ARModule) -> list[str]:
         generator = torch.Generator(device=module.device).manual_seed(0)

@@ -249,6 +249,7 @@ class ARSampleConfig:
 @dataclass
 class ARExperiment:
     vae: str = "checkpoints/ldlm-e2e-smollm2"  # VAE or pipeline folder: its tokenizer and fixed token table are used
+    init: Optional[str] = None  # an exported baseline (ldlm train-ar output) whose weights start training (same shape)
     data: ARDataConfig = field(default_factory=ARDataConfig)
     model: PresetConfig = field(default_factory=PresetConfig)
     sample: ARSampleConfig = field(default_factory=ARSampleConfig)
