@@ -121,6 +121,28 @@ class DiffusionObjective:
         to_x0 = {"epsilon": 1 / snr.clamp(min=1e-8), "sample": torch.ones_like(snr)}.get(self.prediction_type, s**2)
         return snr.clamp(max=self.min_snr_gamma) * to_x0
 
+    def _ddim_coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, s) at integer VP timesteps, where t = −1 is the clean end of a DDIM chain (a = 1, s = 0)."""
+        t = torch.as_tensor(t, device=like.device).reshape(-1)
+        a, s = self._coefficients(t.clamp(min=0), like)
+        clean = (t < 0).reshape(a.shape)
+        return torch.where(clean, torch.ones_like(a), a), torch.where(clean, torch.zeros_like(s), s)
+
+    def ddim_step(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
+        """The deterministic DDIM step from ``x_t`` at ``t`` to ``t_prev`` (−1: clean) given the clean estimate
+        ``x0`` (diffusers' DDIMScheduler with η = 0 and ᾱ = 1 at the end)."""
+        a, s = self._ddim_coefficients(t, x_t)
+        a_prev, s_prev = self._ddim_coefficients(t_prev, x_t)
+        return a_prev * x0 + s_prev * (x_t - a * x0) / s.clamp(min=1e-8)
+
+    def ddim_x0(self, x_t: torch.Tensor, x_prev: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
+        """The clean estimate with which one DDIM step from ``x_t`` at ``t`` lands on ``x_prev`` at ``t_prev``
+        (the inverse of :meth:`ddim_step` in ``x0``: progressive distillation's target)."""
+        a, s = self._ddim_coefficients(t, x_t)
+        a_prev, s_prev = self._ddim_coefficients(t_prev, x_t)
+        ratio = s_prev / s.clamp(min=1e-8)
+        return (x_prev - ratio * x_t) / (a_prev - ratio * a)
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, s = self._coefficients(t, x0)
         return a * x0 + s * noise

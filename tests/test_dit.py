@@ -85,6 +85,22 @@ def test_vp_noising_matches_diffusers_scheduler():
     torch.testing.assert_close(obj.target(x0, noise, t), scheduler.get_velocity(x0, noise, t))
 
 
+def test_ddim_step_matches_diffusers_and_its_inverse_recovers_the_estimate():
+    from ldlm.dit.objective import make_scheduler
+
+    scheduler = make_scheduler("ddim")
+    scheduler.set_timesteps(10)
+    obj = DiffusionObjective.from_scheduler(scheduler)
+    x_t, output = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    for t in scheduler.timesteps:  # 999, 899, …, 99 → −1: the last step ends clean
+        t, t_prev = t.expand(2), (t - 100).expand(2)
+        x0 = obj.to_x0(x_t, output, t)
+        stepped = obj.ddim_step(x_t, x0, t, t_prev)
+        torch.testing.assert_close(stepped, scheduler.step(output, t[0], x_t).prev_sample, atol=1e-5, rtol=0)
+        torch.testing.assert_close(obj.ddim_x0(x_t, stepped, t, t_prev), x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(stepped, x0)
+
+
 def test_bad_objective_arguments():
     with pytest.raises(ValueError, match="objective"):
         DiffusionObjective("ddpm")

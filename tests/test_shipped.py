@@ -66,7 +66,7 @@ def test_every_config_loads_with_its_schema_into_its_own_runs_folder():
                                       load_config)
 
     schema = {"tiny": VAEExperiment, "e2e-smollm2": VAEExperiment, "e2e-vae-robust": VAEExperiment,
-              "kjv-vae-robust": VAEExperiment, "e2e-dit": DiTExperiment, "e2e-dit-robust": DiTExperiment,
+              "kjv-vae-robust": VAEExperiment, "e2e-dit": DiTExperiment, "e2e-dit-robust": DiTExperiment, "e2e-dit-distill": DiTExperiment,
               "kjv-long": DiTExperiment, "e2e-ar": ARExperiment, "kjv-ar": ARExperiment, "e2e-content": ClassifierExperiment,
               "brown-pos": ClassifierExperiment}
     configs = {p.stem: p for p in (SHIPPED.parents[1] / "configs").glob("*.yaml")}

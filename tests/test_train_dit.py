@@ -14,7 +14,8 @@ from ldlm.dit.model import LatentDiT
 from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
 from ldlm.pipelines.loading import load_vae
 from ldlm.training.config import DiTExperiment, load_config
-from ldlm.training.dit_trainer import LatentDiTModule, train_dit
+from ldlm.dit.objective import make_scheduler
+from ldlm.training.dit_trainer import DistillDiTModule, LatentDiTModule, train_dit
 
 
 def _overrides(vae_dir: str, out, *extra: str) -> list[str]:
@@ -165,3 +166,53 @@ def test_warm_start_onto_longer_windows_keeps_the_trained_block_positions(vae_di
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start if k != "block_pos")
     assert torch.allclose(start["block_pos"], end["block_pos"][:4], atol=1e-6)
     assert not torch.allclose(end["block_pos"][4:], torch.zeros_like(end["block_pos"][4:]))
+
+
+@torch.no_grad()
+def test_distillation_target_takes_the_student_where_two_teacher_steps_go(vae_dir, tmp_path):
+    cfg = load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path, "init=unused", "diffusion.scheduler=ddim",
+                                                      "diffusion.distill_steps=5"))
+    torch.manual_seed(0)
+    student, teacher = (LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4) for _ in range(2))
+    for p in teacher.parameters():  # adaLN-zero starts as the identity: perturb so the teacher's steps matter
+        p.add_(0.05 * torch.randn_like(p))
+    module = DistillDiTModule(student, OmegaConf.to_container(cfg), teacher)
+    x0, noise = torch.randn(3, 8, 8), torch.randn(3, 8, 8)
+    context = torch.zeros(3, 8, dtype=torch.bool)
+    context[0, :2] = context[2, :4] = True
+    drop, clean = torch.tensor([False, True, False]), context[..., None]
+    self_cond = torch.randn(3, 8, 8)
+    teacher_sampler, student_sampler = make_scheduler("ddim"), make_scheduler("ddim")
+    teacher_sampler.set_timesteps(10)
+    student_sampler.set_timesteps(5)
+    objective = module.objective
+    for t in student_sampler.timesteps:  # 999, 799, …, 199: the last one ends clean
+        t3 = t.expand(3)
+        x_t = torch.where(clean, x0, objective.add_noise(x0, noise, t3))
+        target = module._target(x0, noise, t3, x_t, self_cond, context, drop)
+        student_end = student_sampler.step(target, t, x_t).prev_sample
+        x, estimate = x_t, self_cond
+        for tt in (t, t - 100):  # the teacher's two steps, as the pipeline's sampler takes them
+            output = teacher(x, tt.expand(3), estimate, context, drop)
+            estimate = torch.where(clean, x0, objective.to_x0(x, output, tt.expand(3)))
+            x = torch.where(clean, x0, teacher_sampler.step(output, tt, x).prev_sample)
+        torch.testing.assert_close(student_end[~context], x[~context], atol=1e-4, rtol=0)
+        assert (x - x_t)[~context].abs().mean() > 0.01
+
+
+def test_distillation_trains_from_init_and_exports_a_ddim_pipeline(vae_dir, tmp_path, capsys):
+    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
+    student = train_dit(load_config(DiTExperiment, None, _overrides(
+        vae_dir, tmp_path / "b", f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",
+        "train.max_steps=3", "sample.every=0")))
+    pipe = LatentDiffusionLMPipeline.from_pretrained(student)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert len(pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).texts) == 2
+    config = str(_empty_config(tmp_path))
+    capsys.readouterr()
+    for extra, message in ((["diffusion.scheduler=ddim", "diffusion.distill_steps=2"], "needs init"),
+                           ([f"init={first}", "diffusion.distill_steps=2"], "needs the vp objective, scheduler ddim"),
+                           ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=3"], "divides")):
+        assert main(["train-dit", "--config", config, *_overrides(vae_dir, tmp_path / "c"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

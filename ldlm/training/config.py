@@ -193,8 +193,13 @@ class DiffusionConfig:
     infill_prob: float = 0.0  # probability the clean context is instead a random subset of blocks (infilling)
     context_dropout: float = 0.1  # context swapped for the null condition (classifier-free guidance)
     ema_decay: float = 0.999
+    distill_steps: int = 0  # N > 0: distil init's 2N-step DDIM sampler into N steps (needs init and scheduler ddim)
 
     def __post_init__(self) -> None:
+        if self.distill_steps and (self.objective != "vp" or self.scheduler != "ddim" or self.distill_steps < 1
+                                   or self.num_train_timesteps % (2 * self.distill_steps)):
+            raise LdlmError(f"diffusion.distill_steps {self.distill_steps} needs the vp objective, scheduler ddim "
+                            f"and a step count 2N that divides num_train_timesteps ({self.num_train_timesteps})")
         try:
             scheduler = make_scheduler(self.scheduler, self.num_train_timesteps, self.beta_schedule,
                                        self.prediction_type, self.shift)
@@ -227,6 +232,8 @@ class DiTExperiment:
 
     def __post_init__(self) -> None:
         check_preset(LatentDiT, self.model)
+        if self.diffusion.distill_steps and self.init is None:
+            raise LdlmError("diffusion.distill_steps needs init: the pipeline whose DiT is the teacher")
 
 
 @dataclass

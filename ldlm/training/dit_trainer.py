@@ -32,7 +32,7 @@ class LatentDiTModule(L.LightningModule):
 
     def __init__(self, transformer: LatentDiT, cfg: dict) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["transformer"])
+        self.save_hyperparameters(ignore=["transformer", "teacher"])
         self.transformer = transformer
         self.ema = copy.deepcopy(transformer).requires_grad_(False)
         d, self.train_cfg = cfg["diffusion"], cfg["train"]
@@ -77,7 +77,7 @@ class LatentDiTModule(L.LightningModule):
             subset = (rand(b, n // k) < 0.5).gather(1, block.expand(b, -1)) & (block < batch["num_blocks"][:, None])
             context = torch.where((rand(b) < self.diff["infill_prob"])[:, None], subset, context)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        t = self.objective.sample_timesteps(b, x0.device, generator)
+        t = self._timesteps(b, x0.device, generator)
         x_in = torch.where(context[..., None], x0, self.objective.add_noise(x0, noise, t))
         model = self.transformer if train else self.ema
         drop = rand(b) < self.diff["context_dropout"] if train else None
@@ -86,11 +86,19 @@ class LatentDiTModule(L.LightningModule):
             with torch.no_grad():
                 self_cond = self.objective.to_x0(x_in, model(x_in, t, None, context, drop), t).detach()
         output = model(x_in, t, self_cond, context, drop)
-        per_latent = (output - self.objective.target(x0, noise, t)).pow(2).mean(-1)
+        per_latent = (output - self._target(x0, noise, t, x_in, self_cond, context, drop)).pow(2).mean(-1)
         weight = (~context).float()
         per_sample = (per_latent * weight).sum(1) / weight.sum(1).clamp(min=1)
         bucket = (t / self.objective.num_train_timesteps * BUCKETS).long().clamp(max=BUCKETS - 1)
         return per_sample, self.objective.loss_weight(t).to(per_sample), bucket
+
+    def _timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+        return self.objective.sample_timesteps(batch, device, generator)
+
+    def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, x_in: torch.Tensor,
+                self_cond: torch.Tensor | None, context: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+        """The regression target of the model's output at ``x_in`` (the objective's: from the clean latents)."""
+        return self.objective.target(x0, noise, t)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         per_sample, weight, bucket = self._common_step(batch, train=True)
@@ -123,6 +131,34 @@ class LatentDiTModule(L.LightningModule):
 
     def configure_optimizers(self):
         return adamw_warmup_cosine(self.transformer, self.train_cfg, betas=(0.9, 0.99))
+
+
+class DistillDiTModule(LatentDiTModule):
+    """Progressive distillation (Salimans & Ho, 2022) of a teacher DiT sampled with 2N DDIM steps into a student for
+    N: the student starts as the teacher; at a timestep of its N-step grid its target is the clean estimate with which
+    one DDIM step lands where two of the teacher's land (with the same context, null-context draw and
+    self-conditioning; the teacher's second step feeds back its first estimate, as the sampler does)."""
+
+    def __init__(self, transformer: LatentDiT, cfg: dict, teacher: LatentDiT) -> None:
+        super().__init__(transformer, cfg)
+        self.teacher = teacher.requires_grad_(False)
+        self.stride = self.objective.num_train_timesteps // self.diff["distill_steps"]
+
+    def _timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+        """Timesteps of the student's trailing N-step grid (T − 1, T − 1 − T/N, …, T/N − 1)."""
+        i = torch.randint(self.diff["distill_steps"], (batch,), device=device, generator=generator)
+        return self.objective.num_train_timesteps - 1 - i * self.stride
+
+    @torch.no_grad()
+    def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, x_in: torch.Tensor,
+                self_cond: torch.Tensor | None, context: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+        objective, clean = self.objective, context[..., None]
+        mid, end = t - self.stride // 2, t - self.stride
+        first = torch.where(clean, x0, objective.to_x0(x_in, self.teacher(x_in, t, self_cond, context, drop), t))
+        x_mid = torch.where(clean, x0, objective.ddim_step(x_in, first, t, mid))
+        second = objective.to_x0(x_mid, self.teacher(x_mid, mid, first, context, drop), mid)
+        x_end = objective.ddim_step(x_mid, torch.where(clean, x0, second), mid, end)
+        return objective.from_x0(x_in, torch.where(clean, x0, objective.ddim_x0(x_in, x_end, t, end)), t)
 
 
 def load_transformer_weights(transformer: LatentDiT, pipeline: str) -> None:
@@ -209,4 +245,8 @@ def _prepare(cfg: DiTExperiment, out: Path) -> Job:
 
     data = LatentDataModule(cfg.data, vae, tokenizer, cfg.train.batch_size)
     samples = SampleTexts(sample, out / "samples.jsonl", cfg.sample.every)
-    return Job(LatentDiTModule(transformer, asdict(cfg)), data, export, [samples], _strategy(cfg))
+    if d.distill_steps:
+        module = DistillDiTModule(transformer, asdict(cfg), copy.deepcopy(transformer))
+    else:
+        module = LatentDiTModule(transformer, asdict(cfg))
+    return Job(module, data, export, [samples], _strategy(cfg))
