@@ -25,19 +25,18 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
-        'Clowns is a expensive price range a restaurant that serves English coffee shop with The Biment. Plaza '
-        'Hotel',
-        'ad rating,andeaff family-friendly serves English food and is The Wrestung diet and a high rating.',
-        'The Mill. has a expression and firm shop with Holiday rating price prices named food. It is located '
-        'friendly and a kid range for less..',
+        'Clowns is a expensive price range a restaurant that serves English coffee shop with The Bakers. Plaza',
+        'ightly rating,andeaff family-friendly serves English food and is The Acrest Plaza Hotel and a a rating.',
+        'The Golden Palace has a expression and firm shop with Holiday rating average prices Chinese food. It '
+        'is located ratings and an kid friendly for less..',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Clowns is a expensive price range a restaurant that serves English coffee shop with is near Long Urban '
-        'Plaza Hotel',
-        'Insteadṃ, Prize low family-friendly serves English food with is The Wrest Plaza Hotel and a a rating.',
+        'Clowns is a moderate price range a restaurant that serves English coffee shop with The Bakers. Plaza '
+        'Hotel',
+        'Family rating, lowaff family-friendly serves English food and is The Wrest Plaza Hotel and is a rating.',
     ]
 
 
@@ -45,23 +44,22 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high not a price range. '
-        'math rating. has city price food.',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- city centre in '
-        'the worrying. in the kids to that to  centre, they not rating but a city centre.',
-        'Zizzi is a moderate priced and is a coffee shop near Rainbow Vegetarian and located in rivers food '
-        'moreATIVE man.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high to Holiday Inn.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- city centre, The '
+        'is located in the kids friendly that to city centre. It not rating in the city centre.',
+        'Zizzi is a moderate rating and is a coffee shop near Café Rouge and sells human rivers food moreATIVE '
+        'man.',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. eds restaurant Ranch. It is family '
+        'The Mill is a pub near the river that serves cheap English food. eds restaurant rating. It is family '
         'friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.  It range. It has Cambridge food. and '
-        'two food, the coffee It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food.  Itrath. It has Cambridge food. and '
+        'two food, a coffee It is family friendly.',
     ]
 
 
@@ -71,9 +69,8 @@ def test_long_generation_groups(pipe):
     assert list(run) == [
         ["", ""],
         [
-            'The Eagle is a the coffee shop serving English food coffee restaurant near The algebraicized and is '
-            'not nearby.',
-            'The Eagle isediatr French Hotel,  coffee  star rivers rate and.',
+            'The Eagle is a theactic food city centres range English Plaza range to city center and  The near.',
+            'The Eagle isbie French Hotel, city area is Bur rivers area The coffee restaurant',
         ],
     ]
 
@@ -81,8 +78,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'allets but Italian Italian, a food not environment of there not and in the low Italian food,\n only is '
-        'the the providing man food from thecolm, forth',
+        'ashions that Chinese food and a food not solution at only the and, near partial men nargs, and unless '
+        'to for is providing Italian food and the untreated. This',
     ]
 
 
