@@ -99,8 +99,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "memory"))
     parser.add_argument("--system", choices=tuple(LABELS), help=argparse.SUPPRESS)  # set in the measuring child
     args = parser.parse_args()
-    if args.ar_window is not None and args.ar_window < 1:
-        raise SystemExit(f"--ar-window must be at least 1, got {args.ar_window}")
+    if args.ar_window is not None and args.ar_window < 1 or args.system == "ar-window" and args.ar_window is None:
+        raise SystemExit("--ar-window must be given, and be at least 1, for the sliding-cache AR")
     setup(args.device)
     if args.system is not None:
         print(json.dumps(child(args, args.tokens[0])))

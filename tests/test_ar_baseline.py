@@ -108,6 +108,8 @@ def test_sliding_cache_equals_banded_attention_and_stays_flat():
     torch.testing.assert_close(full[:, :4], model.hidden_states(ids)[:, :4], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="one position at a time"):
         model.hidden_states(ids[:, :2], cache)
+    with pytest.raises(ValueError, match="needs a sliding cache"):
+        model.hidden_states(ids, model.new_cache(2, 15), window=4)
     prompt = torch.randint(2, V, (2, 3))
     cached = model.generate(prompt, max_new_tokens=12, temperature=0, stop_at_eos=False, window=5)
     plain = model.generate(prompt, max_new_tokens=12, temperature=0, stop_at_eos=False, use_cache=False, window=5)

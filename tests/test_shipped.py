@@ -65,10 +65,10 @@ def test_every_config_loads_with_its_schema_into_its_own_runs_folder():
     from ldlm.training.config import (ARExperiment, ClassifierExperiment, DiTExperiment, VAEExperiment,
                                       load_config)
 
-    schema = {"tiny": VAEExperiment, "e2e-smollm2": VAEExperiment, "e2e-vae-robust": VAEExperiment,
-              "kjv-vae-robust": VAEExperiment, "e2e-dit": DiTExperiment, "e2e-dit-robust": DiTExperiment, "e2e-dit-distill": DiTExperiment,
-              "kjv-long": DiTExperiment, "e2e-ar": ARExperiment, "kjv-ar": ARExperiment, "e2e-content": ClassifierExperiment,
-              "brown-pos": ClassifierExperiment}
+    vae, dit, ar, classifier = VAEExperiment, DiTExperiment, ARExperiment, ClassifierExperiment
+    schema = {"tiny": vae, "e2e-smollm2": vae, "e2e-vae-robust": vae, "kjv-vae-robust": vae, "e2e-dit": dit,
+              "e2e-dit-robust": dit, "e2e-dit-distill": dit, "kjv-long": dit, "e2e-ar": ar, "kjv-ar": ar,
+              "e2e-content": classifier, "brown-pos": classifier}
     configs = {p.stem: p for p in (SHIPPED.parents[1] / "configs").glob("*.yaml")}
     assert set(configs) == set(schema)
     outputs = [load_config(schema[name], str(path), []).train.output_dir for name, path in configs.items()]

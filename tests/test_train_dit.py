@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from ldlm.cli import main
 from ldlm.data.latent_windows import LatentDataModule
 from ldlm.dit.model import LatentDiT
+from ldlm.dit.objective import make_scheduler
 from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
 from ldlm.pipelines.loading import load_vae
 from ldlm.training.config import DiTExperiment, load_config
-from ldlm.dit.objective import make_scheduler
 from ldlm.training.dit_trainer import DistillDiTModule, LatentDiTModule, train_dit
 
 
@@ -180,12 +180,13 @@ def test_distillation_target_takes_the_student_where_two_teacher_steps_go(vae_di
     x0, noise = torch.randn(3, 8, 8), torch.randn(3, 8, 8)
     context = torch.zeros(3, 8, dtype=torch.bool)
     context[0, :2] = context[2, :4] = True
-    drop, clean = torch.tensor([False, True, False]), context[..., None]
+    drop, clean = torch.tensor([True, False, False]), context[..., None]  # row 0: context swapped for the null one
     self_cond = torch.randn(3, 8, 8)
     teacher_sampler, student_sampler = make_scheduler("ddim"), make_scheduler("ddim")
     teacher_sampler.set_timesteps(10)
     student_sampler.set_timesteps(5)
     objective = module.objective
+    assert set(module._timesteps(200, "cpu", None).tolist()) == set(student_sampler.timesteps.tolist())
     for t in student_sampler.timesteps:  # 999, 799, …, 199: the last one ends clean
         t3 = t.expand(3)
         x_t = torch.where(clean, x0, objective.add_noise(x0, noise, t3))
@@ -211,8 +212,12 @@ def test_distillation_trains_from_init_and_exports_a_ddim_pipeline(vae_dir, tmp_
     config = str(_empty_config(tmp_path))
     capsys.readouterr()
     for extra, message in ((["diffusion.scheduler=ddim", "diffusion.distill_steps=2"], "needs init"),
-                           ([f"init={first}", "diffusion.distill_steps=2"], "needs the vp objective, scheduler ddim"),
-                           ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=3"], "divides")):
+                           ([f"init={first}", "diffusion.distill_steps=2"], "or sample, scheduler ddim"),
+                           ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",
+                             "diffusion.prediction_type=epsilon"], "v_prediction or sample"),
+                           ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=3"], "divides"),
+                           ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",
+                             "data.max_blocks=6"], "distil on the same windows")):
         assert main(["train-dit", "--config", config, *_overrides(vae_dir, tmp_path / "c"), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1

@@ -189,6 +189,8 @@ class CausalLM(ModelMixin, ConfigMixin):
         past = 0 if cache is None else cache.length
         if cache is not None and cache.sliding:
             window = cache.capacity
+        elif cache is not None and window is not None and window < cache.capacity:
+            raise ValueError("a window shorter than a growing cache needs a sliding cache (new_cache(sliding=True))")
         x = self.embed_in(self.token_table[input_ids])
         positions = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
         cos, sin = rotary(positions, x.shape[-1] // self.config.num_heads, self.config.rope_base, x.dtype)

@@ -197,9 +197,11 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         if self.distill_steps and (self.objective != "vp" or self.scheduler != "ddim" or self.distill_steps < 1
+                                   or self.prediction_type == "epsilon"
                                    or self.num_train_timesteps % (2 * self.distill_steps)):
-            raise LdlmError(f"diffusion.distill_steps {self.distill_steps} needs the vp objective, scheduler ddim "
-                            f"and a step count 2N that divides num_train_timesteps ({self.num_train_timesteps})")
+            raise LdlmError(f"diffusion.distill_steps {self.distill_steps} needs the vp objective with v_prediction "
+                            f"or sample, scheduler ddim and a step count 2N that divides num_train_timesteps "
+                            f"({self.num_train_timesteps})")
         try:
             scheduler = make_scheduler(self.scheduler, self.num_train_timesteps, self.beta_schedule,
                                        self.prediction_type, self.shift)

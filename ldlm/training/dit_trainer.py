@@ -137,7 +137,8 @@ class DistillDiTModule(LatentDiTModule):
     """Progressive distillation (Salimans & Ho, 2022) of a teacher DiT sampled with 2N DDIM steps into a student for
     N: the student starts as the teacher; at a timestep of its N-step grid its target is the clean estimate with which
     one DDIM step lands where two of the teacher's land (with the same context, null-context draw and
-    self-conditioning; the teacher's second step feeds back its first estimate, as the sampler does)."""
+    self-conditioning; the teacher's second step feeds back its first estimate, as the sampler does). The teacher is
+    not sharded under FSDP: every rank holds it whole."""
 
     def __init__(self, transformer: LatentDiT, cfg: dict, teacher: LatentDiT) -> None:
         super().__init__(transformer, cfg)
@@ -154,11 +155,13 @@ class DistillDiTModule(LatentDiTModule):
                 self_cond: torch.Tensor | None, context: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
         objective, clean = self.objective, context[..., None]
         mid, end = t - self.stride // 2, t - self.stride
+        # the teacher's inputs hold the clean context, as the sampler's do (its self-conditioning estimate too);
+        # elsewhere context positions carry no loss
         first = torch.where(clean, x0, objective.to_x0(x_in, self.teacher(x_in, t, self_cond, context, drop), t))
         x_mid = torch.where(clean, x0, objective.ddim_step(x_in, first, t, mid))
         second = objective.to_x0(x_mid, self.teacher(x_mid, mid, first, context, drop), mid)
-        x_end = objective.ddim_step(x_mid, torch.where(clean, x0, second), mid, end)
-        return objective.from_x0(x_in, torch.where(clean, x0, objective.ddim_x0(x_in, x_end, t, end)), t)
+        x_end = objective.ddim_step(x_mid, second, mid, end)
+        return objective.from_x0(x_in, objective.ddim_x0(x_in, x_end, t, end), t)
 
 
 def load_transformer_weights(transformer: LatentDiT, pipeline: str) -> None:
@@ -246,7 +249,11 @@ def _prepare(cfg: DiTExperiment, out: Path) -> Job:
     data = LatentDataModule(cfg.data, vae, tokenizer, cfg.train.batch_size)
     samples = SampleTexts(sample, out / "samples.jsonl", cfg.sample.every)
     if d.distill_steps:
-        module = DistillDiTModule(transformer, asdict(cfg), copy.deepcopy(transformer))
+        teacher = LatentDiT.from_pretrained(Path(cfg.init) / "transformer").float().train()  # no dropout: as in fit
+        if teacher.config.max_blocks != transformer.config.max_blocks:
+            raise LdlmError(f"diffusion.distill_steps: the teacher in {cfg.init} has {teacher.config.max_blocks}-block "
+                            f"windows, data.max_blocks is {transformer.config.max_blocks}; distil on the same windows")
+        module = DistillDiTModule(transformer, asdict(cfg), teacher)
     else:
         module = LatentDiTModule(transformer, asdict(cfg))
     return Job(module, data, export, [samples], _strategy(cfg))
