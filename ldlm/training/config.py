@@ -90,7 +90,7 @@ class LossConfig:
 class TrainConfig:
     output_dir: str = "runs/vae"
     max_steps: int = 1000
-    max_minutes: Optional[float] = None
+    max_minutes: Optional[float] = None  # the run's total: a resumed run counts the minutes it already trained
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
