@@ -25,18 +25,19 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
-        'Clowns is a expensive price range a restaurant that serves English coffee shop with The Bakers. Plaza',
-        'ightly rating,andeaff family-friendly serves English food and is The Acrest Plaza Hotel and a a rating.',
-        'The Golden Palace has a expression and firm shop with Holiday rating average prices Chinese food. It '
-        'is located ratings and an kid friendly for less..',
+        'Clowns is a expensive price range a restaurant that serves English coffee shop with The Bakers.',
+        'ightly rating,ande has family-friendly serves English food and is The Acrest Plaza Hotel and is a '
+        'rating.',
+        'The Golden Palace is a expression from coffee shop with Holiday rating average prices Chinese food. '
+        'It is located range and a price friendly for less..',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Clowns is a moderate price range a restaurant that serves English coffee shop with The Bakers. Plaza '
-        'Hotel',
-        'Family rating, lowaff family-friendly serves English food and is The Wrest Plaza Hotel and is a rating.',
+        'Clowns is a expensive price range a restaurant that serves English coffee shop with The Bakers.',
+        'Instead Rating, low is family-friendly serves English food and is a Crowne Plaza Hotel and is a '
+        'rating.',
     ]
 
 
@@ -44,11 +45,12 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high to Holiday Inn.',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- city centre, The '
-        'is located in the kids friendly that to city centre. It not rating in the city centre.',
-        'Zizzi is a moderate rating and is a coffee shop near Café Rouge and sells human rivers food moreATIVE '
-        'man.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high to riverside '
+        'near Raja Indian Cuisine.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- city centre. It '
+        '1 out of 5 out of 5. It not rating in the 5.',
+        'Zizzi is a rated coffee shop is a coffee shop near Crowne Plaza and serves human rivers food more be '
+        'found.',
     ]
 
 
@@ -58,8 +60,8 @@ def test_infill_condition_and_replace(pipe):
         'friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.  Itrath. It has Cambridge food. and '
-        'two food, a coffee It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food.  It range. It serves Chinese food. '
+        'and two food, a coffee It is family friendly.',
     ]
 
 
@@ -67,10 +69,11 @@ def test_long_generation_groups(pipe):
     run = LongGeneration(pipe, "The Eagle is", max_tokens=40, num_documents=2, new_blocks=2, num_inference_steps=3,
                          generator=_seeded(4))
     assert list(run) == [
-        ["", ""],
+        ['', ''],
         [
-            'The Eagle is a theactic food city centres range English Plaza range to city center and  The near.',
-            'The Eagle isbie French Hotel, city area is Bur rivers area The coffee restaurant',
+            'The Eagle is a that serves English food star monarchy coffee Plaza with a City center and is The '
+            'near.',
+            'The Eagle isbie French Chef  riversThere is a rivers rate at the riversde',
         ],
     ]
 
@@ -78,8 +81,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'ashions that Chinese food and a food not solution at only the and, near partial men nargs, and unless '
-        'to for is providing Italian food and the untreated. This',
+        'idences that gets Italian. a food before solution, there the and, near forth of stones.  unless to '
+        'for is providing Italian food and the suspension. and',
     ]
 
 
