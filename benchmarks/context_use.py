@@ -12,6 +12,14 @@ and the context is the learned null one (the unconditional branch of classifier-
 is its per-token negative log-likelihood of the continuation's tokens (no context: the continuation alone). Lower is
 better for both; a model that reads its context scores clearly lower with the true one than with a shuffled one or
 none.
+
+The clean-latent error moves little even for a model that reads its context, because the latents of unseen text are
+hardly predictable from those before it. So each system also writes the continuation itself (ldlm in ``--steps``
+steps, the AR model at temperature 1), after the true context, after the shuffled one, and with nothing given (it
+writes the whole window and its last ``new_blocks`` blocks are kept), and an independent LM (``--ppl-model``) scores
+every written continuation after the true context (NLL per token): continuations that follow from what came before
+score lower. The held-out continuation itself, scored after the true, shuffled and no context, is the yardstick, and
+the same continuation through ldlm's VAE (encoded and decoded) is the best ldlm's decoder can write.
 """
 from __future__ import annotations
 
@@ -78,6 +86,43 @@ def ar_nll(model, before: torch.Tensor, after: torch.Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(logits[before.numel() :], ids[0, before.numel() + 1 :]))
 
 
+@torch.no_grad()
+def dit_continuations(pipe, befores: torch.Tensor, new: int, steps: int, seed: int, written: bool = False) -> list[str]:
+    """The pipeline's continuations of ``new`` blocks after the clean context blocks ``befores`` (W, context, L), or,
+    with ``written``, of a context it writes itself (the whole window generated; the same noise either way)."""
+    cfg, device = pipe.vae.config, pipe._execution_device
+    k, (w, context, length) = cfg.latents_per_block, befores.shape
+    ctx = pipe.vae.encode_sequence(befores.reshape(w, -1).to(device))
+    known = torch.cat([ctx, torch.zeros(w, new * k, ctx.shape[-1], device=device)], 1)
+    known_mask = torch.zeros(known.shape[:2], dtype=torch.bool, device=device)
+    known_mask[:, : context * k] = not written
+    generator = torch.Generator(device=device).manual_seed(seed)
+    latents = pipe.denoise(known, known_mask, num_inference_steps=steps, generator=generator)
+    ids = pipe.vae.decode_sequence(latents[:, context * k :])
+    return pipe.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def ar_continuations(model, tokenizer, befores: torch.Tensor, new_tokens: int, seed: int,
+                     written: bool = False) -> list[str]:
+    """The AR model's continuations (temperature 1) of ``new_tokens`` after the context tokens ``befores`` (W, T), or,
+    with ``written``, after a context of the same length it writes itself."""
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    if written:
+        ids = model.generate(None, batch_size=len(befores), max_new_tokens=befores[0].numel() + new_tokens,
+                             generator=generator, stop_at_eos=False)[:, -new_tokens:]
+    else:
+        ids = model.generate(befores.reshape(len(befores), -1).to(model.device), max_new_tokens=new_tokens,
+                             generator=generator, stop_at_eos=False)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def mean_nll(scorer, texts: list[str], prefixes: list[str] | None) -> float:
+    """``scorer``'s NLL per token (nats) of ``texts``, each after its prefix (NaN when no text has a token)."""
+    total, count = scorer.token_nll(texts, prefixes)
+    return total / count if count else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped checkpoint)")
@@ -87,21 +132,25 @@ def main() -> None:
     parser.add_argument("--new-blocks", type=int, default=None, help="continuation blocks (default: half the window)")
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--timesteps", type=int, nargs="+", default=[100, 300, 500, 700, 900])
+    parser.add_argument("--steps", type=int, default=25, help="ldlm's denoising steps for written continuations")
+    parser.add_argument("--ppl-model", default="smollm2", help="the LM that scores written continuations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="docs/img/context_use")
     args = parser.parse_args()
-    if args.windows < 1:
-        raise SystemExit("--windows must be at least 1")
+    if args.windows < 1 or args.steps < 1:
+        raise SystemExit("--windows and --steps must be at least 1")
     if not Path(args.references).is_file():
         raise SystemExit(f"corpus not found: {args.references}")
     device = setup(args.device)
 
     from ldlm.baselines.causal_lm import load_ar
     from ldlm.data.corpus import read_corpus
+    from ldlm.evaluation.metrics import GenerativePerplexity
     from ldlm.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(args.model).to(device)
+    scorer = GenerativePerplexity(args.ppl_model, device=str(device))
     window = pipe.transformer.config.max_blocks
     new = window // 2 if args.new_blocks is None else args.new_blocks
     if not 1 <= new < window:
@@ -117,12 +166,22 @@ def main() -> None:
         raise SystemExit(f"no held-out document of {args.references} fills a window of {window} blocks")
     scorers = {"ldlm (DiT clean-latent MSE)": lambda b, a, i, c: dit_error(
         pipe, b, a, args.timesteps, args.seed + i, null_context=c == "none")}
+    writers = {f"ldlm, {args.steps} steps": lambda c: dit_continuations(
+        pipe, contexts(c), new, args.steps, args.seed, written=c == "none")}
     if args.ar is not None:
         model, tokenizer = load_ar(args.ar)
         if tokenizer.get_vocab() != pipe.tokenizer.get_vocab():
             raise SystemExit(f"the baseline in {args.ar} does not share the pipeline's tokenizer")
         model = model.to(device)
         scorers["AR (NLL per token)"] = lambda b, a, i, c: ar_nll(model, b[:0] if c == "none" else b, a)
+        writers["AR, T=1"] = lambda c: ar_continuations(model, tokenizer, contexts(c), new * block, args.seed,
+                                                         written=c == "none")
+
+    def contexts(condition: str) -> torch.Tensor:
+        """Every window's context blocks (W, context, L) as ``condition`` arranges them (the scorers' shuffles)."""
+        generator = torch.Generator().manual_seed(args.seed)
+        return torch.stack([arrange(w, block, context, condition, generator)[0] for w in picked])
+
     rows = {}
     for name, score in scorers.items():
         generator = torch.Generator().manual_seed(args.seed)  # the same shuffles for every system
@@ -133,15 +192,36 @@ def main() -> None:
         row = {c: s / len(picked) for c, s in sums.items()}
         row["shuffled_over_true"], row["none_over_true"] = row["shuffled"] / row["true"], row["none"] / row["true"]
         rows[name] = row
+
+    def decode(blocks: torch.Tensor) -> list[str]:
+        return pipe.tokenizer.batch_decode(blocks.reshape(len(picked), -1))
+
+    true_context = decode(contexts("true"))
+    afters = torch.stack([w.view(-1, block)[context:] for w in picked])
+    continuations = decode(afters)
+    with torch.no_grad():  # what ldlm's decoder makes of the held-out continuation's own latents: its ceiling
+        rebuilt = pipe.vae.decode_sequence(pipe.vae.encode_sequence(afters.reshape(len(picked), -1).to(device)))
+    rebuilt = pipe.tokenizer.batch_decode(rebuilt, skip_special_tokens=True)
+    written = {f"held-out continuation{through} (scored after each context)": {
+        c: mean_nll(scorer, texts, None if c == "none" else decode(contexts(c))) for c in CONDITIONS}
+        for through, texts in (("", continuations), (" through ldlm's VAE", rebuilt))}
+    for name, write in writers.items():
+        written[f"{name}: its continuation after the true context"] = {
+            c: mean_nll(scorer, write(c), true_context) for c in CONDITIONS}
+    for row in written.values():
+        row["shuffled_over_true"], row["none_over_true"] = row["shuffled"] / row["true"], row["none"] / row["true"]
     print(f"{len(picked)} windows of {context} context + {new} continuation blocks")
-    print("| system | true context | shuffled | none | shuffled ÷ true | none ÷ true |\n|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['true']:.4f} | {r['shuffled']:.4f} | {r['none']:.4f} | {r['shuffled_over_true']:.3f} | "
-              f"{r['none_over_true']:.3f} |")
+    header = "| {} | true context | shuffled | none | shuffled ÷ true | none ÷ true |\n|---|---|---|---|---|---|"
+    for title, table in (("system (continuation scored)", rows), (f"written, NLL/token under {args.ppl_model}",
+                                                                   written)):
+        print(header.format(title))
+        for name, r in table.items():
+            print(f"| {name} | {r['true']:.4f} | {r['shuffled']:.4f} | {r['none']:.4f} | "
+                  f"{r['shuffled_over_true']:.3f} | {r['none_over_true']:.3f} |")
     out = Path(args.out).with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": {**vars(args), "windows_used": len(picked), "context_blocks": context,
-                                          "new_blocks": new}, "rows": rows}, indent=1))
+                                          "new_blocks": new}, "rows": rows, "written": written}, indent=1))
     print(f"wrote {out}")
 
 

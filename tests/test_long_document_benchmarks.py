@@ -114,6 +114,35 @@ def test_context_use_swaps_in_the_null_context_and_keeps_the_layout(make_pipelin
     assert true != none
 
 
+def test_context_use_writes_continuations_after_the_context_or_after_its_own(make_pipeline, load_benchmark,
+                                                                            monkeypatch):
+    bench = load_benchmark("context_use")
+    pipe = make_pipeline()  # windows of 6 blocks of 8 tokens, 2 latents per block
+    masks, outs, denoise = [], [], pipe.denoise
+
+    def spy(known, known_mask, **kwargs):
+        masks.append(known_mask.tolist())
+        outs.append(denoise(known, known_mask, **kwargs))
+        return outs[-1]
+
+    monkeypatch.setattr(pipe, "denoise", spy)
+    befores = torch.randint(5, 20, (2, 3, 8))
+    after = bench.dit_continuations(pipe, befores, 3, steps=2, seed=0)
+    own = bench.dit_continuations(pipe, befores, 3, steps=2, seed=0, written=True)
+    assert len(after) == len(own) == 2
+    assert masks == [[[True] * 6 + [False] * 6] * 2, [[False] * 12] * 2]  # the context flagged, or generated too
+    assert not torch.allclose(outs[0][:, 6:], outs[1][:, 6:])  # so the continuations differ
+    assert bench.dit_continuations(pipe, befores, 3, steps=2, seed=0) == after
+    assert torch.equal(outs[2], outs[0])  # the same noise for a seed
+
+    model = _tiny_ar(pipe)
+    expected = model.generate(None, batch_size=2, max_new_tokens=24 + 5, generator=torch.Generator().manual_seed(0),
+                              stop_at_eos=False)[:, -5:]
+    own = bench.ar_continuations(model, pipe.tokenizer, befores, 5, seed=0, written=True)
+    assert own == pipe.tokenizer.batch_decode(expected, skip_special_tokens=True)
+    assert bench.ar_continuations(model, pipe.tokenizer, befores, 5, seed=0) != own
+
+
 def test_context_use_ar_score_is_the_continuations_mean_nll(make_pipeline, load_benchmark):
     bench = load_benchmark("context_use")
     model = _tiny_ar(make_pipeline())
@@ -125,16 +154,25 @@ def test_context_use_ar_score_is_the_continuations_mean_nll(make_pipeline, load_
     assert bench.ar_nll(model, before, after) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_benchmark, tmp_path, monkeypatch):
+def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_benchmark, teacher_dirs, tmp_path,
+                                                           monkeypatch):
     bench = load_benchmark("context_use")
     _save_both(make_pipeline(), tmp_path)
     refs = _documents(tmp_path / "refs.jsonl", count=3, sentences=12)
     monkeypatch.setattr(sys, "argv", ["context_use.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"),
                                       "--references", str(refs), "--holdout-every", "1", "--windows", "4",
-                                      "--timesteps", "200", "800", "--out", str(tmp_path / "ctx")])
+                                      "--timesteps", "200", "800", "--steps", "2", "--ppl-model", teacher_dirs["qwen2"],
+                                      "--out", str(tmp_path / "ctx")])
     bench.main()
     result = json.loads((tmp_path / "ctx.json").read_text())
     assert result["config"]["windows_used"] == 4 and result["config"]["new_blocks"] == 3  # half of a 6-block window
     for row in result["rows"].values():
         assert all(row[c] > 0 for c in bench.CONDITIONS) and row["none_over_true"] == row["none"] / row["true"]
     assert len(result["rows"]) == 2
+    written = result["written"]
+    assert list(written) == ["held-out continuation (scored after each context)",
+                             "held-out continuation through ldlm's VAE (scored after each context)",
+                             "ldlm, 2 steps: its continuation after the true context",
+                             "AR, T=1: its continuation after the true context"]
+    for row in written.values():
+        assert all(row[c] > 0 for c in bench.CONDITIONS) and row["shuffled_over_true"] == row["shuffled"] / row["true"]

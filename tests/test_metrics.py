@@ -23,6 +23,24 @@ def test_generative_perplexity_matches_the_lm_loss(teacher_dirs):
         ppl([""])
 
 
+def test_token_nll_after_a_prefix_scores_only_the_text_given_the_prefix(teacher_dirs):
+    ppl = GenerativePerplexity(teacher_dirs["qwen2"], batch_size=2)
+    prefixes, texts = ["The Eagle is a pub", "Zizzi"], [" in the city centre.", " is a cheap restaurant near it."]
+    total, count = 0.0, 0
+    for head, body in zip(prefixes, texts):
+        head_ids, body_ids = (ppl.tokenizer(s, add_special_tokens=False)["input_ids"] for s in (head, body))
+        ids = torch.tensor([[ppl.bos] + head_ids + body_ids])
+        labels = ids.clone()
+        labels[0, : 1 + len(head_ids)] = -100  # the prefix is context only
+        total += float(ppl.model(input_ids=ids, labels=labels).loss) * len(body_ids)
+        count += len(body_ids)
+    got_total, got_count = ppl.token_nll(texts, prefixes)
+    assert got_count == count and got_total == pytest.approx(total, rel=1e-4)
+    assert got_total != pytest.approx(ppl.token_nll(texts)[0], rel=1e-3)  # the prefix changes the score
+    with pytest.raises(LdlmError, match="2 prefixes for 1 texts"):
+        ppl.token_nll(texts[:1], prefixes)
+
+
 def test_distinct_n():
     assert distinct_n(["a b a b"], 1) == 0.5
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)

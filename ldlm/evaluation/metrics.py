@@ -34,23 +34,27 @@ class GenerativePerplexity:
         self.bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
 
     @torch.no_grad()
-    def token_nll(self, texts: list[str]) -> tuple[float, int]:
-        """Summed negative log-likelihood (nats) and token count over ``texts``."""
+    def token_nll(self, texts: list[str], prefixes: list[str] | None = None) -> tuple[float, int]:
+        """Summed negative log-likelihood (nats) and token count over ``texts``, each read after its prefix in
+        ``prefixes`` when given (the prefix's tokens are context, not scored)."""
         total, count = 0.0, 0
-        ids = [[self.bos] + row for row in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        ids = [row for row in ids if len(row) > 1]
-        for start in range(0, len(ids), self.batch_size):
-            batch = ids[start : start + self.batch_size]
-            width = max(map(len, batch))
+        if prefixes is not None and len(prefixes) != len(texts):
+            raise LdlmError(f"{len(prefixes)} prefixes for {len(texts)} texts")
+        bodies = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        heads = self.tokenizer(prefixes, add_special_tokens=False)["input_ids"] if prefixes else [[]] * len(texts)
+        rows = [([self.bos] + head + body, 1 + len(head)) for head, body in zip(heads, bodies) if body]
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            width = max(len(seq) for seq, _ in batch)
             x = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros_like(x)
-            for row, seq in enumerate(batch):
-                x[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-            x, mask = x.to(self.device), mask.to(self.device)
+            mask, scored = torch.zeros_like(x), torch.zeros_like(x)
+            for row, (seq, first) in enumerate(batch):
+                x[row, : len(seq)], mask[row, : len(seq)], scored[row, first : len(seq)] = torch.tensor(seq), 1, 1
+            x, mask, scored = x.to(self.device), mask.to(self.device), scored.to(self.device)
             logits = self.model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
-            total += float((nll * mask[:, 1:]).sum())
-            count += int(mask[:, 1:].sum())
+            total += float((nll * scored[:, 1:]).sum())
+            count += int(scored[:, 1:].sum())
         return total, count
 
     def __call__(self, texts: list[str]) -> float:
