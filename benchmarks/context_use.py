@@ -91,7 +91,7 @@ def dit_continuations(pipe, befores: torch.Tensor, new: int, steps: int, seed: i
     """The pipeline's continuations of ``new`` blocks after the clean context blocks ``befores`` (W, context, L), or,
     with ``written``, of a context it writes itself (the whole window generated; the same noise either way)."""
     cfg, device = pipe.vae.config, pipe._execution_device
-    k, (w, context, length) = cfg.latents_per_block, befores.shape
+    k, (w, context, _) = cfg.latents_per_block, befores.shape
     ctx = pipe.vae.encode_sequence(befores.reshape(w, -1).to(device))
     known = torch.cat([ctx, torch.zeros(w, new * k, ctx.shape[-1], device=device)], 1)
     known_mask = torch.zeros(known.shape[:2], dtype=torch.bool, device=device)
@@ -115,6 +115,11 @@ def ar_continuations(model, tokenizer, befores: torch.Tensor, new_tokens: int, s
         ids = model.generate(befores.reshape(len(befores), -1).to(model.device), max_new_tokens=new_tokens,
                              generator=generator, stop_at_eos=False)
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def with_ratios(row: dict[str, float]) -> dict[str, float]:
+    """A row of per-condition scores with the shuffled and no-context scores over the true-context one."""
+    return {**row, "shuffled_over_true": row["shuffled"] / row["true"], "none_over_true": row["none"] / row["true"]}
 
 
 def mean_nll(scorer, texts: list[str], prefixes: list[str] | None) -> float:
@@ -164,52 +169,34 @@ def main() -> None:
     picked = windows(docs, block, context, new, args.windows)
     if not picked:
         raise SystemExit(f"no held-out document of {args.references} fills a window of {window} blocks")
+    generator = torch.Generator().manual_seed(args.seed)  # the same shuffles for every system and score
+    contexts = {c: torch.stack([arrange(w, block, context, c, generator)[0] for w in picked]) for c in CONDITIONS}
+    afters = torch.stack([w.view(-1, block)[context:] for w in picked])
     scorers = {"ldlm (DiT clean-latent MSE)": lambda b, a, i, c: dit_error(
         pipe, b, a, args.timesteps, args.seed + i, null_context=c == "none")}
     writers = {f"ldlm, {args.steps} steps": lambda c: dit_continuations(
-        pipe, contexts(c), new, args.steps, args.seed, written=c == "none")}
+        pipe, contexts[c], new, args.steps, args.seed, written=c == "none")}
     if args.ar is not None:
         model, tokenizer = load_ar(args.ar)
         if tokenizer.get_vocab() != pipe.tokenizer.get_vocab():
             raise SystemExit(f"the baseline in {args.ar} does not share the pipeline's tokenizer")
         model = model.to(device)
         scorers["AR (NLL per token)"] = lambda b, a, i, c: ar_nll(model, b[:0] if c == "none" else b, a)
-        writers["AR, T=1"] = lambda c: ar_continuations(model, tokenizer, contexts(c), new * block, args.seed,
+        writers["AR, T=1"] = lambda c: ar_continuations(model, tokenizer, contexts[c], new * block, args.seed,
                                                          written=c == "none")
+    rows = {name: with_ratios({c: sum(score(contexts[c][i], afters[i], i, c) for i in range(len(picked)))
+                                  / len(picked) for c in CONDITIONS}) for name, score in scorers.items()}
 
-    def contexts(condition: str) -> torch.Tensor:
-        """Every window's context blocks (W, context, L) as ``condition`` arranges them (the scorers' shuffles)."""
-        generator = torch.Generator().manual_seed(args.seed)
-        return torch.stack([arrange(w, block, context, condition, generator)[0] for w in picked])
-
-    rows = {}
-    for name, score in scorers.items():
-        generator = torch.Generator().manual_seed(args.seed)  # the same shuffles for every system
-        sums = dict.fromkeys(CONDITIONS, 0.0)
-        for i, w in enumerate(picked):
-            for condition in CONDITIONS:
-                sums[condition] += score(*arrange(w, block, context, condition, generator), i, condition)
-        row = {c: s / len(picked) for c, s in sums.items()}
-        row["shuffled_over_true"], row["none_over_true"] = row["shuffled"] / row["true"], row["none"] / row["true"]
-        rows[name] = row
-
-    def decode(blocks: torch.Tensor) -> list[str]:
-        return pipe.tokenizer.batch_decode(blocks.reshape(len(picked), -1))
-
-    true_context = decode(contexts("true"))
-    afters = torch.stack([w.view(-1, block)[context:] for w in picked])
-    continuations = decode(afters)
     with torch.no_grad():  # what ldlm's decoder makes of the held-out continuation's own latents: its ceiling
-        rebuilt = pipe.vae.decode_sequence(pipe.vae.encode_sequence(afters.reshape(len(picked), -1).to(device)))
-    rebuilt = pipe.tokenizer.batch_decode(rebuilt, skip_special_tokens=True)
-    written = {f"held-out continuation{through} (scored after each context)": {
-        c: mean_nll(scorer, texts, None if c == "none" else decode(contexts(c))) for c in CONDITIONS}
-        for through, texts in (("", continuations), (" through ldlm's VAE", rebuilt))}
+        rebuilt = pipe.vae.decode_sequence(pipe.vae.encode_sequence(afters.flatten(1).to(device)))
+    held_out = {"": pipe.tokenizer.batch_decode(afters.flatten(1)),
+                " through ldlm's VAE": pipe.tokenizer.batch_decode(rebuilt, skip_special_tokens=True)}
+    prefixes = {c: None if c == "none" else pipe.tokenizer.batch_decode(contexts[c].flatten(1)) for c in CONDITIONS}
+    written = {f"held-out continuation{through} (scored after each context)": with_ratios(
+        {c: mean_nll(scorer, texts, prefixes[c]) for c in CONDITIONS}) for through, texts in held_out.items()}
     for name, write in writers.items():
-        written[f"{name}: its continuation after the true context"] = {
-            c: mean_nll(scorer, write(c), true_context) for c in CONDITIONS}
-    for row in written.values():
-        row["shuffled_over_true"], row["none_over_true"] = row["shuffled"] / row["true"], row["none"] / row["true"]
+        written[f"{name}: its continuation after the true context"] = with_ratios(
+            {c: mean_nll(scorer, write(c), prefixes["true"]) for c in CONDITIONS})
     print(f"{len(picked)} windows of {context} context + {new} continuation blocks")
     header = "| {} | true context | shuffled | none | shuffled ÷ true | none ÷ true |\n|---|---|---|---|---|---|"
     for title, table in (("system (continuation scored)", rows), (f"written, NLL/token under {args.ppl_model}",
