@@ -130,7 +130,7 @@ def mean_nll(scorer, texts: list[str], prefixes: list[str] | None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped checkpoint)")
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped long-document one)")
     parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output); no AR rows without it")
     parser.add_argument("--references", required=True, help="corpus of documents (jsonl/txt)")
     parser.add_argument("--holdout-every", type=int, default=10, help="held-out documents: i %% N == 0")
@@ -152,9 +152,9 @@ def main() -> None:
     from ldlm.baselines.causal_lm import load_ar
     from ldlm.data.corpus import read_corpus
     from ldlm.evaluation.metrics import GenerativePerplexity
-    from ldlm.pipelines.loading import load_pipeline
+    from ldlm.pipelines.loading import SHIPPED_LONG, load_pipeline
 
-    pipe = load_pipeline(args.model).to(device)
+    pipe = load_pipeline(args.model, default=SHIPPED_LONG).to(device)
     scorer = GenerativePerplexity(args.ppl_model, device=str(device))
     window = pipe.transformer.config.max_blocks
     new = window // 2 if args.new_blocks is None else args.new_blocks

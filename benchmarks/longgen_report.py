@@ -90,7 +90,7 @@ def summarize(docs: list[dict], tokenizer, scorer) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped one)")
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped long-document one)")
     parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output); no AR rows without it")
     parser.add_argument("--prompt", default="And it came to pass, when the king had heard these words,")
     parser.add_argument("--documents", type=int, default=1, help="documents per system (seeds 0, 1, …)")
@@ -115,9 +115,9 @@ def main() -> None:
     from ldlm.baselines.causal_lm import load_ar
     from ldlm.data.corpus import read_corpus
     from ldlm.evaluation.metrics import GenerativePerplexity, distinct_n
-    from ldlm.pipelines.loading import load_pipeline
+    from ldlm.pipelines.loading import SHIPPED_LONG, load_pipeline
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, default=SHIPPED_LONG)
     tokenizer = pipe.tokenizer
     scorer = GenerativePerplexity(args.ppl_model)
     systems = {"ldlm": summarize([ldlm_document(pipe, args.prompt, args.tokens, args.steps, args.max_repeat, seed)

@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from bench_common import median_seconds, run_script, setup
 from ldlm.evaluation.suite import evaluate_systems, format_table
-from ldlm.pipelines.loading import load_pipeline
+from ldlm.pipelines.loading import SHIPPED_LONG, load_pipeline
 from ldlm.pipelines.long_generation import LongGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def tokens_per_s(pipe, new_blocks: int, args: argparse.Namespace) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a long-document pipeline (e.g. runs/kjv-long/pipeline)")
+    parser.add_argument("--model", default=None, help="a long-document pipeline (default: the shipped one)")
     parser.add_argument("--new-blocks", type=int, nargs="+", default=None, help="values (default: 1 to the window)")
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
@@ -63,7 +63,7 @@ def main() -> None:
     setup(args.device, args.threads)
     hf_logging.disable_progress_bar()
 
-    pipe = load_pipeline(args.model).to(args.device)
+    pipe = load_pipeline(args.model, default=SHIPPED_LONG).to(args.device)
     window = pipe.transformer.config.max_blocks
     values = args.new_blocks or list(range(1, window + 1))
     if any(not 1 <= k <= window for k in values):

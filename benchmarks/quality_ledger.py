@@ -5,15 +5,16 @@
 
 Rows, each scored on the same number of texts: the held-out references, two MAUVE sanity rows (training texts, and
 the references themselves, against a disjoint set of held-out texts), the references through the VAE (encode → σ·ε
-noise in standardized units → decode) at each ``--sigmas``, the DiT's unconditional samples at each ``--steps``
-(and, with ``--snap``, at each snapping fraction), and the AR baseline at each ``--temperatures``. Columns: gen-PPL
-under SmolLM2 and its ratio to the references', corpus unigram entropy over the pipeline's tokens (bits; a model
-that collapses onto frequent tokens reads low), MAUVE against the held-out MAUVE set (MiniLM features), Div, and for
-VAE rows the token accuracy of the reconstruction.
+noise in standardized units → decode) at each ``--sigmas``, the DiT's unconditional samples at each ``--steps`` (and
+at each ``--snap`` fraction, ``--dit-temperatures`` and ``--autoguidance`` weight), and the AR baseline at each
+``--temperatures``. Columns: gen-PPL under SmolLM2 and its ratio to the references', corpus unigram entropy over the
+pipeline's tokens (bits; a model that collapses onto frequent tokens reads low), MAUVE against the held-out MAUVE set
+(MiniLM features), Div, and for VAE rows the token accuracy of the reconstruction.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -67,6 +68,8 @@ def main() -> None:
                         "each of these snapping fractions (see LatentDiffusionLMPipeline.denoise)")
     parser.add_argument("--dit-temperatures", type=float, nargs="+", default=[1.0], help="sample ldlm at each "
                         "step count with each of these starting-noise temperatures")
+    parser.add_argument("--autoguidance", type=float, nargs="+", default=None, help="sample ldlm at each step "
+                        "count with each of these autoguidance weights (default: the pipeline's)")
     parser.add_argument("--sigmas", type=float, nargs="*", default=[0.0, 0.3, 0.5])
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.8], help="AR sampling temperatures")
     parser.add_argument("--mauve-features", default="minilm", help="minilm | none (skips MAUVE)")
@@ -100,12 +103,13 @@ def main() -> None:
         name = f"VAE reconstruction, σ={sigma:g}"
         systems[name], accuracy[name] = reconstruct(pipe.vae, pipe.tokenizer, references, sigma, args.seed)
     for steps in args.steps:
-        for snap in [0.0, *args.snap]:
-            for temperature in args.dit_temperatures:
-                name = (f"ldlm, {steps} steps" + (f", snap {snap:g}" if snap else "")
-                        + (f", T={temperature:g}" if temperature != 1 else ""))
-                systems[name] = sample_texts(pipe, args.samples, steps, args.seed, snap=snap, temperature=temperature)
-                print(f"sampled {name}", flush=True)
+        for snap, temperature, weight in itertools.product([0.0, *args.snap], args.dit_temperatures,
+                                                           args.autoguidance or [pipe.config.autoguidance]):
+            name = (f"ldlm, {steps} steps" + (f", snap {snap:g}" if snap else "")
+                    + (f", T={temperature:g}" if temperature != 1 else "") + (f", w={weight:g}" if weight != 1 else ""))
+            systems[name] = sample_texts(pipe, args.samples, steps, args.seed, snap=snap, temperature=temperature,
+                                         autoguidance=weight)
+            print(f"sampled {name}", flush=True)
     if args.ar is not None:
         model, tokenizer = load_ar(args.ar)
         if tokenizer.get_vocab() != pipe.tokenizer.get_vocab():

@@ -67,6 +67,8 @@ def _check_sampling(args: argparse.Namespace, texts: list[str] = (), what: str =
         raise LdlmError(f"--snap must be a fraction of the steps in [0, 1], got {args.snap}")
     if not 0 < args.temperature <= 2:
         raise LdlmError(f"--temperature must lie in (0, 2], got {args.temperature}")
+    if args.autoguidance is not None and not (math.isfinite(args.autoguidance) and args.autoguidance >= 1):
+        raise LdlmError(f"--autoguidance must be a finite number ≥ 1 (1: off), got {args.autoguidance}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", args.device):
         raise LdlmError(f"unknown device '{args.device}' (cpu, cuda, cuda:N or mps)")
     with _user_errors():
@@ -74,11 +76,12 @@ def _check_sampling(args: argparse.Namespace, texts: list[str] = (), what: str =
             check_text(text, f"{what} {i + 1}")
 
 
-def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = None):
-    """The pipeline of ``--model`` on ``--device``, and a generator seeded with ``--seed``."""
+def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = None, default: Path | None = None):
+    """The pipeline of ``--model`` (else ``default``, else the shipped E2E one) on ``--device``, and a generator seeded
+    with ``--seed``."""
     import torch
 
-    from ldlm.pipelines.loading import load_pipeline
+    from ldlm.pipelines.loading import SHIPPED, load_pipeline
 
     index = int(args.device.partition(":")[2] or 0)
     if args.device == "mps" and not torch.backends.mps.is_available():
@@ -87,7 +90,8 @@ def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = No
         raise LdlmError(f"device '{args.device}' requested but there are {torch.cuda.device_count()} CUDA devices")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise LdlmError(f"device '{args.device}' requested but CUDA is not available")
-    return load_pipeline(args.model, scheduler).to(args.device), torch.Generator(args.device).manual_seed(args.seed)
+    pipe = load_pipeline(args.model, scheduler, default or SHIPPED)
+    return pipe.to(args.device), torch.Generator(args.device).manual_seed(args.seed)
 
 
 def _guidance(args: argparse.Namespace):
@@ -120,7 +124,7 @@ def _generate(args: argparse.Namespace) -> None:
     guidance = _guidance(args)
     pipe, generator = _pipeline_and_generator(args, args.scheduler)
     sampling = dict(num_blocks=args.num_blocks, num_inference_steps=args.steps, generator=generator,
-                    guidance=guidance, snap=args.snap, temperature=args.temperature)
+                    guidance=guidance, snap=args.snap, temperature=args.temperature, autoguidance=args.autoguidance)
     with _user_errors():
         if args.prompt:
             out = pipe(args.prompt, guidance_scale=args.guidance_scale, num_samples_per_prompt=args.num_samples,
@@ -152,7 +156,8 @@ def _infill(args: argparse.Namespace) -> None:
     with _user_errors():
         out = pipe.infill([None if s == "_" else s for s in args.segments], gap_blocks=args.gap_blocks,
                           method=args.method, num_samples_per_prompt=args.num_samples, num_inference_steps=args.steps,
-                          snap=args.snap, temperature=args.temperature, generator=generator)
+                          snap=args.snap, temperature=args.temperature, autoguidance=args.autoguidance,
+                          generator=generator)
     for text in out.texts:
         print(text.replace("\n", " "))
 
@@ -162,6 +167,7 @@ def _longgen(args: argparse.Namespace) -> None:
     interrupted run keeps what it wrote), with a progress bar."""
     from tqdm.auto import tqdm
 
+    from ldlm.pipelines.loading import SHIPPED_LONG
     from ldlm.pipelines.long_generation import LongGeneration
 
     _check_sampling(args, [] if args.prompt is None else [args.prompt])
@@ -171,10 +177,11 @@ def _longgen(args: argparse.Namespace) -> None:
         raise LdlmError(f"cannot write {args.output}: {reason}")
     if target.exists() and not args.overwrite:
         raise LdlmError(f"{args.output} exists; pass --overwrite to replace it")
-    pipe, generator = _pipeline_and_generator(args)
+    pipe, generator = _pipeline_and_generator(args, default=SHIPPED_LONG)
     with _user_errors():
         run = LongGeneration(pipe, args.prompt, args.max_tokens, new_blocks=args.new_blocks,
                              num_inference_steps=args.steps, snap=args.snap, temperature=args.temperature,
+                             autoguidance=args.autoguidance,
                              generator=generator,
                              stop_at_eos=not args.ignore_eos,
                              max_repeat=args.max_repeat)
@@ -219,6 +226,8 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
                    "last fraction of the steps (0: never, 1: every step)")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise: below 1 trades "
                    "diversity for fluency at no cost")
+    p.add_argument("--autoguidance", type=float, default=None, help="weight of the model against the pipeline's "
+                   "weak transformer (default: the pipeline's; 1: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -270,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="text file to write, group by group as blocks finish (an existing "
                    "file is refused unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("--model", default=None, help="pipeline folder (default: checkpoints/ldlm-e2e-smollm2)")
+    p.add_argument("--model", default=None, help="pipeline folder (default: checkpoints/ldlm-kjv-smollm2, the "
+                   "long-document pipeline)")
     p.add_argument("--prompt", default=None, help="text the document starts with")
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--new-blocks", type=int, default=None, help="blocks generated per group (default: half the "

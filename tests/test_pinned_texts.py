@@ -1,6 +1,6 @@
-"""The shipped checkpoint gives exactly these texts for these seeds: sampling, prompts with classifier-free guidance,
-infilling, long generation, gradient guidance, snapping and the VAE round trip are pinned, so a refactor cannot
-change them."""
+"""The shipped checkpoint gives exactly these texts for these seeds: sampling (with its default autoguidance, and
+without), prompts with classifier-free guidance, infilling, long generation, gradient guidance, snapping and the VAE
+round trip are pinned, so a refactor cannot change them."""
 import pytest
 import torch
 
@@ -25,6 +25,16 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
+        'Clowns is a moderately priced, customer rating and is English coffee shop with The Bakers.',
+        'Fitzbillies is family-friendly serving English food and is near Crowne Plaza Hotel and is a '
+        'restaurant.',
+        'The Golden Palace is a Express, adult Express by Holiday Inn city serving Chinese food. It is '
+        'located preferred and an kid located in the centre.',
+    ]
+
+
+def test_autoguidance_off(pipe):
+    assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0), autoguidance=1).texts == [
         'Clowns is a expensive price range a restaurant that serves English coffee shop with The Bakers.',
         'ightly rating,ande has family-friendly serves English food and is The Acrest Plaza Hotel and is a '
         'rating.',
@@ -35,8 +45,8 @@ def test_unconditional_batch(pipe):
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Clowns is a expensive price range a restaurant that serves English coffee shop with The Bakers.',
-        'Instead Rating, low is family-friendly serves English food and is a Crowne Plaza Hotel and is a '
+        'Clowns is a moderate priced, customer rating and is English coffee shop with The Bakers.',
+        'Fitzbillies is family-friendly serving English food and is near Crowne Plaza Hotel and has low '
         'rating.',
     ]
 
@@ -45,23 +55,22 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high to riverside '
-        'near Raja Indian Cuisine.',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- city centre. It '
-        '1 out of 5 out of 5. It not rating in the 5.',
-        'Zizzi is a rated coffee shop is a coffee shop near Crowne Plaza and serves human rivers food more be '
-        'found.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high low to '
+        'Welcome. that',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- differences '
+        'Rough. The 3 out of 5 out of 5 on they not it is a average price.',
+        'Zizzi is a moderately rated coffee. The coffee shop near Café Sic restaurant X foreignger food can '
+        'be found.',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. eds restaurant rating. It is family '
-        'friendly.',
+        'The Mill is a pub near the river that serves cheap English food. restaurant. It is family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.  It range. It serves Chinese food. '
-        'and two food, a coffee It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food.   The. It serves Chinese food. The '
+        'Indian food and a moderatelyrestfelt. It is family friendly.',
     ]
 
 
@@ -71,18 +80,19 @@ def test_long_generation_groups(pipe):
     assert list(run) == [
         ['', ''],
         [
-            'The Eagle is a that serves English food star monarchy coffee Plaza with a City center and is The '
-            'near.',
-            'The Eagle isbie French Chef  riversThere is a rivers rate at the riversde',
+            'The Eagle is a customer located in  centre with coffee shop located in city centre and is and '
+            'through, is unite and Express coffee shop with is a. The',
+            'The Eagle is Raja life, the city pub in a rivers close, in Holiday centre. The rating',
         ],
+        ['', ''],
     ]
 
 
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'idences that gets Italian. a food before solution, there the and, near forth of stones.  unless to '
-        'for is providing Italian food and the suspension. and',
+        ' Express that serves Italian. is by there love in of the a books which more of Italian restaurant. '
+        "could's area at a an food range of $20",
     ]
 
 

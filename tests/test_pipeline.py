@@ -234,3 +234,90 @@ def test_snap_keeps_known_blocks_in_infilling(make_pipeline):
 def test_bad_snap_is_refused(make_pipeline, snap):
     with pytest.raises(ValueError, match="snap"):
         make_pipeline()(batch_size=1, num_inference_steps=2, snap=snap)
+
+
+def _with_weak(pipe, seed: int = 1, **config) -> LatentDiffusionLMPipeline:
+    """``pipe`` with a random tiny weak transformer (``config`` overrides its shape)."""
+    torch.manual_seed(seed)
+    weak = LatentDiT.tiny(**{**pipe.transformer.config, "hidden_size": 32, "num_layers": 1, **config})
+    for p in weak.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    pipe.weak_transformer = weak
+    return pipe
+
+
+def _first_clean_estimate(pipe, **kwargs) -> torch.Tensor:
+    seen = []
+    noise = torch.randn(2, 8, 8, generator=_seeded(5))
+    pipe(batch_size=2, num_blocks=4, num_inference_steps=3, latents=noise, callback_on_step_end_tensor_inputs=("x0",),
+         callback_on_step_end=lambda p, i, t, values: seen.append(values["x0"]) or {}, **kwargs)
+    return seen[0]
+
+
+@pytest.mark.parametrize("weight", [1.5, 3.0])
+def test_autoguidance_extrapolates_from_the_weak_to_the_strong_estimate(make_pipeline, weight):
+    pipe = _with_weak(make_pipeline())
+    strong = _first_clean_estimate(pipe, autoguidance=1.0)
+    guided = _first_clean_estimate(pipe, autoguidance=weight)
+    pipe.transformer = pipe.weak_transformer
+    weak = _first_clean_estimate(pipe, autoguidance=1.0)
+    assert not torch.allclose(strong, weak, atol=1e-3)
+    torch.testing.assert_close(guided, weak + weight * (strong - weak), rtol=1e-4, atol=1e-4)
+
+
+def test_autoguidance_off_never_runs_the_weak_transformer(make_pipeline, monkeypatch):
+    plain = make_pipeline()(batch_size=2, num_inference_steps=3, generator=_seeded())
+    pipe = _with_weak(make_pipeline())
+    monkeypatch.setattr(pipe.weak_transformer, "forward", lambda *a, **k: pytest.fail("weak transformer ran"))
+    out = pipe(batch_size=2, num_inference_steps=3, generator=_seeded())
+    assert out.texts == plain.texts and torch.equal(out.latents, plain.latents)
+
+
+def test_autoguidance_applies_to_both_branches_of_classifier_free_guidance(make_pipeline):
+    pipe = _with_weak(make_pipeline())
+    prompt = "The Eagle is a cheap coffee shop serving Italian food in the riverside."
+    kwargs = dict(num_blocks=4, num_inference_steps=3, guidance_scale=2.0, output_type="latent")
+    off = pipe(prompt, generator=_seeded(), **kwargs).latents
+    on = pipe(prompt, generator=_seeded(), autoguidance=2.0, **kwargs).latents
+    assert torch.isfinite(on).all() and not torch.allclose(on, off)
+
+
+def test_the_default_weight_and_the_weak_transformer_are_saved_with_the_pipeline(make_pipeline, tmp_path):
+    pipe = _with_weak(make_pipeline())
+    pipe.register_to_config(autoguidance=2.5)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = LatentDiffusionLMPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.autoguidance == 2.5 and isinstance(loaded.weak_transformer, LatentDiT)
+    default = loaded(batch_size=2, num_inference_steps=3, generator=_seeded(), output_type="latent").latents
+    explicit = pipe(batch_size=2, num_inference_steps=3, generator=_seeded(), autoguidance=2.5,
+                    output_type="latent").latents
+    off = loaded(batch_size=2, num_inference_steps=3, generator=_seeded(), autoguidance=1,
+                 output_type="latent").latents
+    assert torch.equal(default, explicit) and not torch.equal(default, off)
+    make_pipeline().save_pretrained(tmp_path / "plain")  # no weak transformer: autoguidance is off by default
+    plain = LatentDiffusionLMPipeline.from_pretrained(tmp_path / "plain")
+    assert plain.weak_transformer is None and plain.config.autoguidance == 1.0
+
+
+@pytest.mark.parametrize("weak,weight,message", [
+    (None, 2.0, "needs a weak_transformer"), ({"latent_channels": 4}, 2.0, "latent_channels"),
+    ({"max_blocks": 2}, 2.0, "max_blocks"), ({"prediction_type": "epsilon"}, 2.0, "prediction_type"),
+    ({}, 0.5, "autoguidance"), ({}, float("nan"), "autoguidance"), ({}, True, "autoguidance"),
+])
+def test_bad_autoguidance_is_refused(make_pipeline, weak, weight, message):
+    pipe = make_pipeline() if weak is None else _with_weak(make_pipeline(), **weak)
+    with pytest.raises(ValueError, match=message):
+        pipe(batch_size=1, num_inference_steps=2, autoguidance=weight)
+
+
+def test_autoguidance_cli(make_pipeline, tmp_path, capsys):
+    _with_weak(make_pipeline()).save_pretrained(tmp_path / "weak")
+    make_pipeline().save_pretrained(tmp_path / "plain")
+    assert main(["generate", "--model", str(tmp_path / "weak"), "--num-samples", "2", "--steps", "3",
+                 "--autoguidance", "2"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    for model, weight, message in [("weak", "0.5", "--autoguidance must be"), ("plain", "2", "needs a weak_transformer")]:
+        assert main(["generate", "--model", str(tmp_path / model), "--steps", "3", "--autoguidance", weight]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

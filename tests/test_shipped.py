@@ -11,6 +11,8 @@ pytestmark = pytest.mark.skipif(not (SHIPPED / "model_index.json").is_file(), re
 def test_shipped_pipeline_generates_deterministically():
     pipe = load_pipeline()
     assert pipe.transformer.dtype == torch.float32 and pipe.scheduler.config.timestep_spacing == "trailing"
+    shape = lambda model: {k: v for k, v in model.config.items() if not k.startswith("_")}  # noqa: E731
+    assert pipe.config.autoguidance == 3.0 and shape(pipe.weak_transformer) == shape(pipe.transformer)
     run = lambda: pipe(["The Eagle is a coffee shop"], num_samples_per_prompt=2, num_inference_steps=5,  # noqa: E731
                        generator=torch.Generator().manual_seed(0)).texts
     texts = run()
@@ -58,7 +60,8 @@ def test_shipped_training_configs_load_with_todays_schema():
 
     vae = load_config(VAEExperiment, str(SHIPPED / "vae" / "train-config.yaml"), [])
     dit = load_config(DiTExperiment, str(SHIPPED / "transformer" / "train-config.yaml"), [])
-    assert vae.model.freeze_encoder and dit.diffusion.min_snr_gamma == 5.0
+    weak = load_config(DiTExperiment, str(SHIPPED / "weak_transformer" / "train-config.yaml"), [])
+    assert vae.model.freeze_encoder and dit.diffusion.min_snr_gamma == 5.0 and weak.model.preset == "small"
 
 
 def test_every_config_loads_with_its_schema_into_its_own_runs_folder():
@@ -67,8 +70,8 @@ def test_every_config_loads_with_its_schema_into_its_own_runs_folder():
 
     vae, dit, ar, classifier = VAEExperiment, DiTExperiment, ARExperiment, ClassifierExperiment
     schema = {"tiny": vae, "e2e-smollm2": vae, "e2e-vae-robust": vae, "kjv-vae-robust": vae, "e2e-dit": dit,
-              "e2e-dit-robust": dit, "e2e-dit-distill": dit, "kjv-long": dit, "e2e-ar": ar, "kjv-ar": ar,
-              "e2e-content": classifier, "brown-pos": classifier}
+              "e2e-dit-robust": dit, "e2e-dit-distill": dit, "e2e-dit-weak": dit, "kjv-long": dit,
+              "kjv-long-weak": dit, "e2e-ar": ar, "kjv-ar": ar, "e2e-content": classifier, "brown-pos": classifier}
     configs = {p.stem: p for p in (SHIPPED.parents[1] / "configs").glob("*.yaml")}
     assert set(configs) == set(schema)
     outputs = [load_config(schema[name], str(path), []).train.output_dir for name, path in configs.items()]

@@ -140,15 +140,15 @@ def read_samples(path: str) -> list[str]:
 
 
 def sample_texts(pipe, num_samples: int, steps: int, seed: int, batch_size: int = GENERATION_BATCH,
-                 snap: float = 0.0, temperature: float = 1.0) -> list[str]:
+                 snap: float = 0.0, temperature: float = 1.0, autoguidance: float | None = None) -> list[str]:
     """Unconditional samples of a loaded pipeline, in batches from one seeded generator (fixed batches: a seed gives
-    the same samples in ``ldlm eval`` and ``benchmarks/generation_report.py``); ``snap`` and ``temperature`` as for
-    ``denoise``."""
+    the same samples in ``ldlm eval`` and ``benchmarks/generation_report.py``); ``snap``, ``temperature`` and
+    ``autoguidance`` as for ``denoise``."""
     generator = torch.Generator(device=pipe._execution_device).manual_seed(seed)
     texts = []
     for first in range(0, num_samples, batch_size):
         texts += pipe(batch_size=min(batch_size, num_samples - first), num_inference_steps=steps,
-                      generator=generator, snap=snap, temperature=temperature).texts
+                      generator=generator, snap=snap, temperature=temperature, autoguidance=autoguidance).texts
     return texts
 
 

@@ -39,18 +39,26 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
     when a prompt has at least one complete block. ``guidance`` (e.g. ``ldlm.pipelines.guidance.GradientGuidance``)
     steers every step's clean estimate by gradients; ``infill`` fixes any blocks; ``LongGeneration`` goes on block by
     block past the window. All three run :meth:`denoise`.
+
+    Autoguidance: with a ``weak_transformer`` (a smaller, briefly trained LatentDiT of the same latent code), every
+    step's model output is ``weak + w · (transformer − weak)``: steering away from what the weak model predicts
+    sharpens the samples. ``autoguidance`` is the default ``w`` (1: off), saved with the pipeline.
     """
 
-    model_cpu_offload_seq = "transformer->vae"
+    model_cpu_offload_seq = "transformer->weak_transformer->vae"
+    _optional_components = ["weak_transformer"]
 
-    def __init__(self, vae: TextVAE, transformer: LatentDiT, scheduler, tokenizer) -> None:
+    def __init__(self, vae: TextVAE, transformer: LatentDiT, scheduler, tokenizer,
+                 weak_transformer: LatentDiT | None = None, autoguidance: float = 1.0) -> None:
         super().__init__()
-        for name, module in (("vae", vae), ("transformer", transformer)):
-            bad = next((k for k, v in module.state_dict().items() if v.is_floating_point() and not v.isfinite().all()),
-                       None)
+        for name, module in (("vae", vae), ("transformer", transformer), ("weak_transformer", weak_transformer)):
+            weights = {} if module is None else module.state_dict()
+            bad = next((k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()), None)
             if bad is not None:
                 raise ValueError(f"the {name} weights hold NaN or infinite values (first in {bad})")
-        self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler, tokenizer=tokenizer)
+        self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler, tokenizer=tokenizer,
+                              weak_transformer=weak_transformer)
+        self.register_to_config(autoguidance=autoguidance)
 
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)
@@ -88,9 +96,10 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         return objective
 
     def check_inputs(self, num_inference_steps: int, guidance_scale: float, guidance, num_samples_per_prompt: int = 1,
-                     output_type: str = "text", snap: float = 0.0, temperature: float = 1.0) -> None:
-        """ValueError for the arguments every entry point shares, and for a scheduler that does not fit the
-        transformer (see :attr:`objective`)."""
+                     output_type: str = "text", snap: float = 0.0, temperature: float = 1.0,
+                     autoguidance: float | None = None) -> None:
+        """ValueError for the arguments every entry point shares, for a scheduler that does not fit the
+        transformer (see :attr:`objective`), and for autoguidance without a weak transformer that fits it."""
         if not isinstance(num_samples_per_prompt, int) or num_samples_per_prompt < 1:
             raise ValueError(f"num_samples_per_prompt must be a positive integer, got {num_samples_per_prompt!r}")
         limit = self.scheduler.config.num_train_timesteps
@@ -109,6 +118,31 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         if output_type not in ("text", "latent"):
             raise ValueError(f"output_type must be 'text' or 'latent', got {output_type!r}")
         _ = self.objective
+        w = self.config.autoguidance if autoguidance is None else autoguidance
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 1):
+            raise ValueError(f"autoguidance must be a finite number ≥ 1 (1: off), got {w!r}")
+        if w > 1:
+            self._check_weak_transformer()
+
+    def _check_weak_transformer(self) -> None:
+        """ValueError unless the weak transformer reads and writes the transformer's latents on its noise schedule."""
+        if self.weak_transformer is None:
+            raise ValueError("autoguidance > 1 needs a weak_transformer in the pipeline")
+        weak, strong = self.weak_transformer.config, self.transformer.config
+        keys = ("latent_channels", "latents_per_block", "objective", "prediction_type", "beta_schedule",
+                "num_train_timesteps")
+        differ = [k for k in keys if weak[k] != strong[k]]
+        if differ or weak.max_blocks < strong.max_blocks:
+            raise ValueError(f"the weak transformer does not fit the transformer ({', '.join(differ) or 'max_blocks'} "
+                             "differ)")
+
+    def _model_output(self, x: torch.Tensor, timestep: torch.Tensor, self_cond: torch.Tensor | None,
+                      flagged: torch.Tensor, drop: torch.Tensor | None, autoguidance: float) -> torch.Tensor:
+        """The transformer's output (fp32) for standardized fp32 inputs, autoguided against the weak one if > 1."""
+        models = [self.transformer] + ([self.weak_transformer] if autoguidance > 1 else [])
+        strong, *weak = (m(x.to(m.dtype), timestep, None if self_cond is None else self_cond.to(m.dtype), flagged,
+                           drop).float() for m in models)
+        return weak[0] + autoguidance * (strong - weak[0]) if weak else strong
 
     def encode_layout(self, blocks: Layout) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[int]]]:
         """Known standardized latents (N, C) and their mask (N,) for a window of ``blocks``, N = blocks·K: complete
@@ -165,6 +199,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         replace: bool = False,
         snap: float = 0.0,
         temperature: float = 1.0,
+        autoguidance: float | None = None,
         latents: torch.Tensor | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
@@ -176,11 +211,15 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         ``snap``: in this last fraction of the steps the clean estimate is snapped onto the VAE's code (decoded to
         tokens and encoded again, :meth:`TextVAE.snap_sequence`): one decoder and encoder pass per such step.
         ``temperature`` scales the starting noise: below 1 the sampler trades diversity for fluency, at no cost.
-        ``latents``: the starting noise (B, N, C), drawn from ``generator`` when None.
+        ``autoguidance``: the weight ``w`` of the strong transformer against the weak one (None: the pipeline's
+        default; 1: off, and the weak one is not run). ``latents``: the starting noise (B, N, C), drawn from
+        ``generator`` when None.
         ``callback_on_step_end(pipe, i, t, {name: value})`` sees the step's locals named in
         ``callback_on_step_end_tensor_inputs`` after each step and may return new ``latents``."""
-        self.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap, temperature=temperature)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap, temperature=temperature,
+                          autoguidance=autoguidance)
         objective = self.objective
+        autoguidance = self.config.autoguidance if autoguidance is None else autoguidance
         held = held if held and any(held) else None  # rows with nothing held are no work
         b, n, c = known.shape
         device = known.device
@@ -193,7 +232,6 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                              f"{generator!r}")
         flagged = torch.zeros_like(known_mask) if replace else known_mask
         guided = guidance_scale > 1 and bool(flagged.any())
-        dtype = self.transformer.dtype  # the model runs in its dtype; the sampler state stays fp32
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         if latents is None:
             latents = randn_tensor((b, n, c), generator=generator, device=device, dtype=torch.float32)
@@ -212,16 +250,15 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                 x_in = torch.where(flagged[..., None], known, x_in)
                 timestep = t.expand(b)
                 if guided:  # each branch feeds back its own previous estimate
-                    self_cond = None if x0 is None else torch.cat([x0, x0_uncond]).to(dtype)
-                    both = self.transformer(torch.cat([x_in, x_in]).to(dtype), torch.cat([timestep, timestep]),
-                                            self_cond, torch.cat([flagged, flagged]),
-                                            torch.arange(2 * b, device=device) >= b).float()
+                    self_cond = None if x0 is None else torch.cat([x0, x0_uncond])
+                    both = self._model_output(torch.cat([x_in, x_in]), torch.cat([timestep, timestep]), self_cond,
+                                              torch.cat([flagged, flagged]), torch.arange(2 * b, device=device) >= b,
+                                              autoguidance)
                     cond, uncond = both.chunk(2)
                     x0_uncond = objective.to_x0(x_in, uncond, t)
                     output = uncond + guidance_scale * (cond - uncond)
                 else:
-                    self_cond = None if x0 is None else x0.to(dtype)
-                    output = self.transformer(x_in.to(dtype), timestep, self_cond, flagged).float()
+                    output = self._model_output(x_in, timestep, x0, flagged, None, autoguidance)
                 x0 = torch.where(known_mask[..., None], known, objective.to_x0(x_in, output, t))
                 snapped = i >= snap_from
                 if guidance is not None or held or snapped:
@@ -256,6 +293,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         guidance: Callable | None = None,
         snap: float = 0.0,
         temperature: float = 1.0,
+        autoguidance: float | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "text",
         callback_on_step_end: StepCallback | None = None,
@@ -264,13 +302,13 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
     ) -> LatentDiffusionLMOutput | tuple:
         """Generate ``num_samples_per_prompt`` texts per prompt (or per each of ``batch_size`` unconditional rows,
         default 1) of ``num_blocks`` blocks (default: the transformer's window), prompt included. ``guidance``,
-        ``snap``, ``temperature``, ``latents`` and the callback are as for :meth:`denoise`."""
+        ``snap``, ``temperature``, ``autoguidance``, ``latents`` and the callback are as for :meth:`denoise`."""
         num_blocks = self.transformer.config.max_blocks if num_blocks is None else num_blocks
         max_blocks = self.transformer.config.max_blocks
         if not isinstance(num_blocks, int) or not 1 <= num_blocks <= max_blocks:
             raise ValueError(f"num_blocks must be an integer in 1..{max_blocks}, got {num_blocks!r}")
         self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type, snap,
-                          temperature)
+                          temperature, autoguidance)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if prompts is not None and (not isinstance(prompts, list) or not prompts):
             raise ValueError("prompt must be a string or a non-empty list of strings")
@@ -291,7 +329,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         return self._generate(layouts, num_samples_per_prompt, output_type, return_dict,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                               generator=generator, guidance=guidance, snap=snap, temperature=temperature,
-                              latents=latents,
+                              autoguidance=autoguidance, latents=latents,
                               callback_on_step_end=callback_on_step_end,
                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
 
@@ -320,6 +358,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         guidance: Callable | None = None,
         snap: float = 0.0,
         temperature: float = 1.0,
+        autoguidance: float | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "text",
         callback_on_step_end: StepCallback | None = None,
@@ -339,11 +378,11 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                 or not all(s is None or isinstance(s, str) for s in segments)):
             raise ValueError("segments must be a list of strings and None (gaps) with at least one string")
         self.check_inputs(num_inference_steps, guidance_scale, guidance, num_samples_per_prompt, output_type, snap,
-                          temperature)
+                          temperature, autoguidance)
         return self._generate([self._infill_layout(segments, gap_blocks)], num_samples_per_prompt, output_type,
                               return_dict, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                               generator=generator, guidance=guidance, replace=method == "replace", snap=snap,
-                              temperature=temperature, latents=latents,
+                              temperature=temperature, autoguidance=autoguidance, latents=latents,
                               callback_on_step_end=callback_on_step_end,
                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
 

@@ -13,13 +13,16 @@ from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
 from ldlm.vae.model import TextVAE
 
 SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "ldlm-e2e-smollm2"
+SHIPPED_LONG = SHIPPED.parent / "ldlm-kjv-smollm2"  # the long-document pipeline (KJV), `ldlm longgen`'s default
 SHIPPED_CONTENT = SHIPPED.parent / "e2e-guidance" / "content"  # trained on the shipped VAE's latents
 
 
-def load_pipeline(path: str | Path | None = None, scheduler: str | None = None) -> LatentDiffusionLMPipeline:
-    """A pipeline from a folder (default: the shipped checkpoint), optionally with another scheduler by short name
-    (built from the saved scheduler's config, so the noise schedule and prediction type carry over)."""
-    folder = Path(path) if path is not None else SHIPPED
+def load_pipeline(path: str | Path | None = None, scheduler: str | None = None,
+                  default: Path = SHIPPED) -> LatentDiffusionLMPipeline:
+    """A pipeline from a folder (None: the shipped ``default``, the E2E one unless told), optionally with another
+    scheduler by short name (built from the saved scheduler's config, so the noise schedule and prediction type carry
+    over)."""
+    folder = Path(path) if path is not None else default
     if not (folder / "model_index.json").is_file():
         hint = "" if path is not None else " (the shipped checkpoint comes with a source checkout; pass --model)"
         raise LdlmError(f"no pipeline at {folder}{hint}")

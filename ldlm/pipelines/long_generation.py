@@ -46,6 +46,7 @@ class LongGeneration:
         guidance: Callable | None = None,
         snap: float = 0.0,
         temperature: float = 1.0,
+        autoguidance: float | None = None,
         stop_at_eos: bool = True,
         max_repeat: float = 0.5,
         retries: int = 2,
@@ -64,11 +65,13 @@ class LongGeneration:
             raise ValueError("anti-loop settings need 0 < max_repeat ≤ 1, retries ≥ 0, patience ≥ 1, history ≥ 4")
         if prompt is not None:
             check_text(prompt, "prompt")
-        pipe.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap, temperature=temperature)
+        pipe.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap, temperature=temperature,
+                          autoguidance=autoguidance)
         self.pipe, self.window, self.new_blocks = pipe, window, new_blocks
         self.prompt, self.max_tokens, self.num_documents = prompt, max_tokens, num_documents
         self.sampling = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                             generator=generator, guidance=guidance, snap=snap, temperature=temperature)
+                             generator=generator, guidance=guidance, snap=snap, temperature=temperature,
+                             autoguidance=autoguidance)
         self.stop_at_eos, self.max_repeat, self.retries, self.patience = stop_at_eos, max_repeat, retries, patience
         self.history_size = history
         self.stop_reasons: list[str | None] = [None] * num_documents
