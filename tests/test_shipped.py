@@ -1,9 +1,10 @@
-"""The pipeline shipped in checkpoints/ loads, and `ldlm generate` uses it by default (the README's main job)."""
+"""The pipelines shipped in checkpoints/ load, and `ldlm generate` and `ldlm longgen` use them by default (the README's
+main jobs)."""
 import pytest
 import torch
 
 from ldlm.cli import main
-from ldlm.pipelines.loading import SHIPPED, load_pipeline
+from ldlm.pipelines.loading import SHIPPED, SHIPPED_LONG, load_pipeline
 
 pytestmark = pytest.mark.skipif(not (SHIPPED / "model_index.json").is_file(), reason="no source checkout")
 
@@ -62,6 +63,8 @@ def test_shipped_training_configs_load_with_todays_schema():
     dit = load_config(DiTExperiment, str(SHIPPED / "transformer" / "train-config.yaml"), [])
     weak = load_config(DiTExperiment, str(SHIPPED / "weak_transformer" / "train-config.yaml"), [])
     assert vae.model.freeze_encoder and dit.diffusion.min_snr_gamma == 5.0 and weak.model.preset == "small"
+    for part, schema in (("vae", VAEExperiment), ("transformer", DiTExperiment), ("weak_transformer", DiTExperiment)):
+        assert load_config(schema, str(SHIPPED_LONG / part / "train-config.yaml"), []).data.train[0].holdout_every == 10
 
 
 def test_every_config_loads_with_its_schema_into_its_own_runs_folder():
@@ -76,3 +79,14 @@ def test_every_config_loads_with_its_schema_into_its_own_runs_folder():
     assert set(configs) == set(schema)
     outputs = [load_config(schema[name], str(path), []).train.output_dir for name, path in configs.items()]
     assert all(out.startswith("runs/") for out in outputs) and len(set(outputs)) == len(outputs)
+
+
+@pytest.mark.skipif(not (SHIPPED_LONG / "model_index.json").is_file(), reason="no source checkout")
+def test_longgen_defaults_to_the_shipped_long_document_pipeline(tmp_path, capsys):
+    out = tmp_path / "doc.txt"
+    assert main(["longgen", "--output", str(out), "--max-tokens", "300", "--ignore-eos", "--steps", "3",
+                 "--prompt", "And it came to pass"]) == 0
+    assert "(stopped: length)" in capsys.readouterr().out
+    assert out.read_text().startswith("And it came to pass") and len(out.read_text().split()) > 100
+    pipe = load_pipeline(SHIPPED_LONG)
+    assert pipe.transformer.config.max_blocks == 8 and pipe.config.autoguidance >= 1
