@@ -40,8 +40,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
     steers every step's clean estimate by gradients; ``infill`` fixes any blocks; ``LongGeneration`` goes on block by
     block past the window. All three run :meth:`denoise`.
 
-    Autoguidance: with a ``weak_transformer`` (a smaller, briefly trained LatentDiT of the same latent code), every
-    step's model output is ``weak + w · (transformer − weak)``: steering away from what the weak model predicts
+    Autoguidance: with a ``weak_transformer`` (a weaker LatentDiT of the same latent code: smaller or less trained),
+    every step's model output is ``weak + w · (transformer − weak)``: steering away from what the weak model predicts
     sharpens the samples. ``autoguidance`` is the default ``w`` (1: off), saved with the pipeline.
     """
 
