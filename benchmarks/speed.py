@@ -73,9 +73,11 @@ def ar_ids(model: CausalLM, batch: int, tokens: int, generator: torch.Generator)
 
 @contextmanager
 def profiled(pipe: LatentDiffusionLMPipeline, device: torch.device) -> Iterator[dict[str, float]]:
-    """Accumulate seconds spent in the DiT forward and in the VAE decode's parts (decoder layers, vocabulary
-    projection ``vae.logits``, and the rest of ``decode_ids``: the argmax) while the block runs."""
-    totals = {"dit": 0.0, "vae_decoder": 0.0, "vocab_projection": 0.0, "decode_ids": 0.0}
+    """Accumulate seconds spent in the DiT forward, the weak DiT's (autoguidance) and the VAE decode's parts
+    (decoder layers, vocabulary projection ``vae.logits``, and the rest of ``decode_ids``: the argmax) while the block
+    runs."""
+    totals = {"dit": 0.0, "weak_dit": 0.0, "vae_decoder": 0.0, "vocab_projection": 0.0, "decode_ids": 0.0}
+    models = {"dit": pipe.transformer, "weak_dit": pipe.weak_transformer}
     wrapped = {"decoder_states": "vae_decoder", "logits": "vocab_projection", "decode_ids": "decode_ids"}
 
     def timer(fn: Callable, key: str) -> Callable:
@@ -90,14 +92,17 @@ def profiled(pipe: LatentDiffusionLMPipeline, device: torch.device) -> Iterator[
 
     for name, key in wrapped.items():  # instance attributes shadow the methods that decode/decode_ids call
         setattr(pipe.vae, name, timer(getattr(pipe.vae, name), key))
-    transformer_forward = pipe.transformer.forward
-    pipe.transformer.forward = timer(transformer_forward, "dit")
+    for key, model in models.items():
+        if model is not None:
+            model.forward = timer(model.forward, key)
     try:
         yield totals
     finally:
         for name in wrapped:
             delattr(pipe.vae, name)
-        del pipe.transformer.forward
+        for model in models.values():
+            if model is not None:
+                del model.forward
 
 
 def profile(pipe: LatentDiffusionLMPipeline, new_blocks: int | None, device: torch.device, seed: int) -> dict:
@@ -109,7 +114,8 @@ def profile(pipe: LatentDiffusionLMPipeline, new_blocks: int | None, device: tor
         ldlm_ids(pipe, b, n, s, new_blocks, torch.Generator(device).manual_seed(seed))
         sync(device)
         total = time.perf_counter() - start
-    parts = {"DiT forward": totals["dit"], "VAE decoder layers": totals["vae_decoder"],
+    parts = {"DiT forward": totals["dit"], "weak DiT forward (autoguidance)": totals["weak_dit"],
+             "VAE decoder layers": totals["vae_decoder"],
              "vocabulary projection (vae.logits)": totals["vocab_projection"],
              "argmax over the vocabulary": totals["decode_ids"] - totals["vae_decoder"] - totals["vocab_projection"]}
     parts["rest (scheduler, noise, glue)"] = total - sum(parts.values())

@@ -48,7 +48,18 @@ def test_profile_parts_add_up_and_the_timers_are_removed(make_pipeline, load_ben
     result = speed.profile(pipe, None, torch.device("cpu"), 0)
     assert abs(sum(result["parts"].values()) - result["seconds"]) < 1e-6
     assert result["parts"]["DiT forward"] > 0 and result["parts"]["vocabulary projection (vae.logits)"] > 0
+    assert result["parts"]["weak DiT forward (autoguidance)"] == 0
     assert "logits" not in vars(pipe.vae) and "forward" not in vars(pipe.transformer)
+
+
+def test_profile_times_the_weak_transformer_of_autoguidance_apart(make_pipeline, load_benchmark):
+    speed = load_benchmark("speed")
+    pipe = make_pipeline()
+    pipe.weak_transformer = LatentDiT.tiny(**{**pipe.transformer.config, "hidden_size": 32, "num_layers": 1})
+    pipe.register_to_config(autoguidance=2.0)
+    result = speed.profile(pipe, None, torch.device("cpu"), 0)
+    assert abs(sum(result["parts"].values()) - result["seconds"]) < 1e-6
+    assert result["parts"]["weak DiT forward (autoguidance)"] > 0 and "forward" not in vars(pipe.weak_transformer)
 
 
 def test_counted_dit_flops_match_the_analytic_count(load_benchmark):
