@@ -15,8 +15,9 @@ none.
 
 The clean-latent error moves little even for a model that reads its context, because the latents of unseen text are
 hardly predictable from those before it. So each system also writes the continuation itself (ldlm in ``--steps``
-steps, the AR model at temperature 1), after the true context, after the shuffled one, and with nothing given (it
-writes the whole window and its last ``new_blocks`` blocks are kept), and an independent LM (``--ppl-model``) scores
+steps, at each ``--guidance-scale`` of classifier-free guidance on the context; the AR model at temperature 1), after
+the true context, after the shuffled one, and with nothing given (it writes the whole window and its last
+``new_blocks`` blocks are kept), and an independent LM (``--ppl-model``) scores
 every written continuation after the true context (NLL per token): continuations that follow from what came before
 score lower. The held-out continuation itself, scored after the true, shuffled and no context, is the yardstick, and
 the same continuation through ldlm's VAE (encoded and decoded) is the best ldlm's decoder can write.
@@ -24,7 +25,9 @@ the same continuation through ldlm's VAE (encoded and decoded) is the best ldlm'
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -87,9 +90,11 @@ def ar_nll(model, before: torch.Tensor, after: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def dit_continuations(pipe, befores: torch.Tensor, new: int, steps: int, seed: int, written: bool = False) -> list[str]:
+def dit_continuations(pipe, befores: torch.Tensor, new: int, steps: int, seed: int, written: bool = False,
+                      guidance_scale: float = 1.0) -> list[str]:
     """The pipeline's continuations of ``new`` blocks after the clean context blocks ``befores`` (W, context, L), or,
-    with ``written``, of a context it writes itself (the whole window generated; the same noise either way)."""
+    with ``written``, of a context it writes itself (the whole window generated; the same noise either way), with
+    classifier-free guidance of the context at ``guidance_scale`` (1: off; no context, no guidance)."""
     cfg, device = pipe.vae.config, pipe._execution_device
     k, (w, context, _) = cfg.latents_per_block, befores.shape
     ctx = pipe.vae.encode_sequence(befores.reshape(w, -1).to(device))
@@ -97,7 +102,8 @@ def dit_continuations(pipe, befores: torch.Tensor, new: int, steps: int, seed: i
     known_mask = torch.zeros(known.shape[:2], dtype=torch.bool, device=device)
     known_mask[:, : context * k] = not written
     generator = torch.Generator(device=device).manual_seed(seed)
-    latents = pipe.denoise(known, known_mask, num_inference_steps=steps, generator=generator)
+    latents = pipe.denoise(known, known_mask, num_inference_steps=steps, guidance_scale=guidance_scale,
+                           generator=generator)
     ids = pipe.vae.decode_sequence(latents[:, context * k :])
     return pipe.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
@@ -138,6 +144,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--timesteps", type=int, nargs="+", default=[100, 300, 500, 700, 900])
     parser.add_argument("--steps", type=int, default=25, help="ldlm's denoising steps for written continuations")
+    parser.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0],
+                        help="classifier-free guidance of the context for ldlm's written continuations (one row each)")
     parser.add_argument("--ppl-model", default="smollm2", help="the LM that scores written continuations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -145,6 +153,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.windows < 1 or args.steps < 1:
         raise SystemExit("--windows and --steps must be at least 1")
+    if not all(math.isfinite(s) and s >= 1 for s in args.guidance_scale):
+        raise SystemExit("--guidance-scale must be finite numbers ≥ 1 (1: off)")
     if not Path(args.references).is_file():
         raise SystemExit(f"corpus not found: {args.references}")
     device = setup(args.device)
@@ -174,8 +184,9 @@ def main() -> None:
     afters = torch.stack([w.view(-1, block)[context:] for w in picked])
     scorers = {"ldlm (DiT clean-latent MSE)": lambda b, a, i, c: dit_error(
         pipe, b, a, args.timesteps, args.seed + i, null_context=c == "none")}
-    writers = {f"ldlm, {args.steps} steps": lambda c: dit_continuations(
-        pipe, contexts[c], new, args.steps, args.seed, written=c == "none")}
+    writers = {f"ldlm, {args.steps} steps" + (f", CFG {s:g}" if s != 1 else ""): functools.partial(
+        lambda c, s: dit_continuations(pipe, contexts[c], new, args.steps, args.seed, c == "none", s), s=s)
+        for s in args.guidance_scale}
     if args.ar is not None:
         model, tokenizer = load_ar(args.ar)
         if tokenizer.get_vocab() != pipe.tokenizer.get_vocab():

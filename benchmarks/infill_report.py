@@ -1,10 +1,14 @@
 """Infilling: fix the first and last blocks of held-out texts, generate the middle, and score how much of the true
 middle's content comes back (word F1), for the two ways of fixing blocks (clean context vs re-noised replacement)
-against a continuation that sees only the first blocks. Also prints E2E examples from the shipped pipeline.
+against a continuation that sees only the first blocks (ldlm's, and with ``--ar`` the AR baseline's at temperature
+1). Also prints E2E examples from the shipped pipeline.
 
-    python benchmarks/infill_report.py --model runs/kjv-long/pipeline
+    python benchmarks/infill_report.py --ar runs/kjv-ar           # the shipped long-document pipeline, held-out KJV
     python benchmarks/infill_report.py --model checkpoints/ldlm-e2e-smollm2 --corpus ../shared/data/e2e/test.jsonl \
-        --val-fraction 1 --fixed-blocks 1 --min-tokens 56 --texts 32 --out docs/img/infill-e2e
+        --holdout-every 1 --fixed-blocks 1 --min-tokens 56 --texts 32 --out docs/img/infill-e2e
+
+Held-out texts are the corpus's documents ``i % --holdout-every == 0`` (the long-document runs' split; 1: every text
+of a held-out file).
 """
 from __future__ import annotations
 
@@ -18,10 +22,10 @@ import matplotlib
 import torch
 
 from bench_common import run_script
+from ldlm.baselines.causal_lm import generate_texts, load_ar
 from ldlm.data.corpus import read_corpus
-from ldlm.data.token_blocks import split_documents
 from ldlm.evaluation.metrics import GenerativePerplexity
-from ldlm.pipelines.loading import load_pipeline
+from ldlm.pipelines.loading import SHIPPED_LONG, load_pipeline
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -60,39 +64,53 @@ def middle(text: str, first: str, last: str | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="pipeline folder of a long-document model")
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped long-document one)")
     parser.add_argument("--corpus", default="../shared/data/kjv/chapters.jsonl")
-    parser.add_argument("--val-fraction", type=float, default=0.02, help="the DiT run's held-out split")
+    parser.add_argument("--holdout-every", type=int, default=10, help="held-out texts: i %% N == 0")
+    parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output): a prefix-only row")
     parser.add_argument("--texts", type=int, default=16)
     parser.add_argument("--min-tokens", type=int, default=0, help="only texts at least this long")
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--fixed-blocks", type=int, default=2, help="blocks fixed at each end")
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--ppl-model", default="smollm2", help="the LM that scores the middles")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/img/infill")
     args = parser.parse_args()
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, default=SHIPPED_LONG)
     tok, length = pipe.tokenizer, pipe.vae.config.block_length
     window = pipe.transformer.config.max_blocks
     gap = window - 2 * args.fixed_blocks
-    texts = read_corpus(args.corpus)
-    _, held_out = split_documents(len(texts), args.val_fraction, args.seed)
-    long_enough = [i for i in held_out if len(tok(texts[i])["input_ids"]) >= args.min_tokens][: args.texts]
-    cases = [split_case(texts[i], tok, window * length, args.fixed_blocks * length) for i in long_enough]
-    ppl = GenerativePerplexity()
+    if args.holdout_every < 1:
+        raise SystemExit("--holdout-every must be at least 1")
+    texts = read_corpus(args.corpus, holdout_every=args.holdout_every, heldout=True)
+    texts = [text for text in texts if len(tok(text)["input_ids"]) >= args.min_tokens][: args.texts]
+    cases = [split_case(text, tok, window * length, args.fixed_blocks * length) for text in texts]
+    methods = ["condition", "replace", "prefix only"]
+    if args.ar is not None:
+        ar, ar_tok = load_ar(args.ar)
+        if ar_tok.get_vocab() != tok.get_vocab():
+            raise SystemExit(f"the baseline in {args.ar} does not share the pipeline's tokenizer")
+        methods.append("AR, prefix only")
+    ppl = GenerativePerplexity(args.ppl_model)
     results, examples = {}, {}
-    for method in ("condition", "replace", "prefix only"):
+    for method in methods:
         start = time.perf_counter()
         scores, middles = [], []
         for j, (first, truth, last) in enumerate(cases):
-            segments = [first, None] if method == "prefix only" else [first, None, last]
-            out = pipe.infill(segments, gap_blocks=gap if method != "prefix only" else window - args.fixed_blocks,
-                              method="replace" if method == "replace" else "condition",
-                              num_samples_per_prompt=args.samples, num_inference_steps=args.steps,
-                              generator=torch.Generator().manual_seed(args.seed + j))
-            for text in out.texts:
-                found = middle(text, first, None if method == "prefix only" else last)
+            generator = torch.Generator().manual_seed(args.seed + j)
+            if method == "AR, prefix only":
+                outs = generate_texts(ar, tok, [first], args.samples, generator=generator,
+                                      max_new_tokens=(window - args.fixed_blocks) * length)
+            else:
+                segments = [first, None] if method == "prefix only" else [first, None, last]
+                outs = pipe.infill(segments, gap_blocks=gap if method != "prefix only" else window - args.fixed_blocks,
+                                   method="replace" if method == "replace" else "condition",
+                                   num_samples_per_prompt=args.samples, num_inference_steps=args.steps,
+                                   generator=generator).texts
+            for text in outs:
+                found = middle(text, first, None if "prefix only" in method else last)
                 found = " ".join(found.split()[: len(truth.split())])  # the same span length as the truth
                 middles.append(found)
                 scores.append(word_f1(found, truth))
@@ -115,9 +133,9 @@ def main() -> None:
         indent=2, ensure_ascii=False))
     fig, ax = plt.subplots(figsize=(5, 3.2))
     names = list(results)
-    ax.bar(names, [results[n]["word_f1"] for n in names], color=["C0", "C1", "C7"])
+    ax.bar(names, [results[n]["word_f1"] for n in names], color=["C0", "C1", "C7", "C3"][: len(names)])
     ax.set_ylabel("word F1 with the true middle")
-    ax.set_title(f"Infilling {gap} blocks between {args.fixed_blocks}+{args.fixed_blocks} fixed (held-out KJV)")
+    ax.set_title(f"Infilling {gap} blocks between {args.fixed_blocks}+{args.fixed_blocks} fixed (held-out {Path(args.corpus).parent.name})")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")

@@ -1,9 +1,11 @@
 """Long documents along their length: gen-PPL and rep-4 per 512-token segment (distinct-4 across the documents'
-same segments), how often the anti-loop guard fired and tokens/s, for ldlm (``LongGeneration``, EOS ignored) and with ``--ar`` the same-size AR model, beside
-the same figures on held-out reference documents (memory at 1k/4k/10k tokens: benchmarks/memory.py; the
-``new_blocks`` dial: benchmarks/new_blocks.py).
+same segments), how often the anti-loop guard fired and tokens/s, for ldlm (``LongGeneration``, EOS ignored) and
+with ``--ar`` the same-size AR model, beside the same figures on held-out reference documents (memory at 1k/4k/10k
+tokens: benchmarks/memory.py; the ``new_blocks`` dial: benchmarks/new_blocks.py). The two systems write their
+documents in turn (ldlm's first, the AR's first, ldlm's second, …), so the speed ratio is read pair by pair on a
+noisy machine.
 
-    python benchmarks/longgen_report.py --model runs/kjv-long/pipeline --ar runs/kjv-ar --tokens 10000 \
+    python benchmarks/longgen_report.py --ar runs/kjv-ar --ar-window 256 --tokens 10000 --documents 3 \
         --references ../shared/data/kjv/chapters.jsonl --holdout-every 10
 """
 from __future__ import annotations
@@ -120,16 +122,24 @@ def main() -> None:
     pipe = load_pipeline(args.model, default=SHIPPED_LONG)
     tokenizer = pipe.tokenizer
     scorer = GenerativePerplexity(args.ppl_model)
-    systems = {"ldlm": summarize([ldlm_document(pipe, args.prompt, args.tokens, args.steps, args.max_repeat, seed)
-                                  for seed in range(args.documents)], tokenizer, scorer)}
+    writers = {"ldlm": lambda seed: ldlm_document(pipe, args.prompt, args.tokens, args.steps, args.max_repeat, seed)}
     if args.ar is not None:
         model, ar_tokenizer = load_ar(args.ar)
         if ar_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise SystemExit(f"the baseline in {args.ar} does not share the pipeline's tokenizer")
         window = "" if args.ar_window is None else f", window {args.ar_window}"
-        systems[f"AR, T={args.temperature:g}{window}"] = summarize(
-            [ar_document(model, tokenizer, args.prompt, args.tokens, args.temperature, seed, args.ar_window)
-             for seed in range(args.documents)], tokenizer, scorer)
+        writers[f"AR, T={args.temperature:g}{window}"] = lambda seed: ar_document(
+            model, tokenizer, args.prompt, args.tokens, args.temperature, seed, args.ar_window)
+    docs = {name: [] for name in writers}
+    for seed in range(args.documents):  # in turn: a slow spell of the machine slows both systems' pair
+        for name, write in writers.items():
+            docs[name].append(write(seed))
+    systems = {name: summarize(written, tokenizer, scorer) for name, written in docs.items()}
+    speed = None
+    if args.ar is not None:
+        rate = lambda d: len(tokenizer(d["text"], add_special_tokens=False)["input_ids"]) / d["seconds"]  # noqa: E731
+        ratios = sorted(rate(a) / rate(b) for a, b in zip(*docs.values()))
+        speed = {"ldlm_over_ar": ratios, "median": statistics.median(ratios)}
     reference = None
     if args.references is not None:
         held = read_corpus(args.references, holdout_every=args.holdout_every, heldout=True)
@@ -144,13 +154,16 @@ def main() -> None:
         print(f"{name}: {len(s['gen_ppl'])} segments, gen-PPL first {s['gen_ppl'][0]:.1f} last {s['gen_ppl'][-1]:.1f}"
               f" (×{s['last_over_first']:.2f}), rep-4 mean {statistics.mean(s['rep4']):.3f}, "
               f"{s['tokens_per_second']:.0f} tokens/s{guard}", flush=True)
+    if speed is not None:
+        print(f"tokens/s, ldlm ÷ AR, pair by pair: median {speed['median']:.2f} (range {speed['ldlm_over_ar'][0]:.2f}"
+              f"–{speed['ldlm_over_ar'][-1]:.2f}, {len(speed['ldlm_over_ar'])} pairs)")
     if reference is not None:
         print(f"references: gen-PPL {reference['gen_ppl']:.1f}, rep-4 {reference['rep4']:.3f}, distinct-4 "
               f"{reference['distinct4']:.3f} over {reference['segments']} segments")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "systems": systems, "references": reference},
-                                                   indent=1, ensure_ascii=False))
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "systems": systems, "speed": speed,
+                                                    "references": reference}, indent=1, ensure_ascii=False))
     plot(systems, reference, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 

@@ -144,6 +144,7 @@ def test_text_files_that_are_not_utf8_are_refused(tmp_path, capsys):
     ("code_distance", ["--references", "{refs}"]),
     ("context_use", ["--references", "{refs}"]),
     ("longgen_report", []),
+    ("infill_report", []),
 ])
 def test_benchmark_with_no_model_at_the_path_ends_in_one_line(tmp_path, script, extra):
     refs = tmp_path / "refs.jsonl"

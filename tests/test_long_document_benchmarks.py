@@ -1,7 +1,8 @@
 """The long-document benchmarks measure the systems they name: each memory child generates the requested document,
 the untrained stand-in is the baseline's size over the VAE's token table, the new_blocks sweep runs LongGeneration
 at the setting it names, the length report scores every 512-token segment of both systems' documents, and the
-context-use probe scores the same continuations after their true, shuffled and no context."""
+context-use probe scores the same continuations after their true, shuffled and no context, and the infilling report
+scores every method's middles, the AR baseline's prefix-only continuation among them."""
 import argparse
 import json
 import sys
@@ -71,8 +72,9 @@ def test_length_report_scores_every_segment_of_both_systems(make_pipeline, load_
     refs = _documents(tmp_path / "refs.jsonl", count=2, sentences=150)
     monkeypatch.setattr(sys, "argv", [
         "longgen_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"), "--tokens", "1100",
-        "--steps", "2", "--prompt", "Zizzi is a cheap coffee shop", "--max-repeat", "1", "--references", str(refs), "--holdout-every", "1",
-        "--ar-window", "64", "--ppl-model", teacher_dirs["qwen2"], "--out", str(tmp_path / "long")])
+        "--steps", "2", "--prompt", "Zizzi is a cheap coffee shop", "--max-repeat", "1", "--references", str(refs),
+        "--holdout-every", "1", "--ar-window", "64", "--ppl-model", teacher_dirs["qwen2"], "--out",
+        str(tmp_path / "long")])
     report.main()
     result = json.loads((tmp_path / "long.json").read_text())
     ldlm, ar = result["systems"]["ldlm"], result["systems"]["AR, T=1, window 64"]
@@ -81,6 +83,8 @@ def test_length_report_scores_every_segment_of_both_systems(make_pipeline, load_
     assert ldlm["stops"] == ar["stops"] == ["length"]
     assert ldlm["last_over_first"] == ldlm["gen_ppl"][1] / ldlm["gen_ppl"][0]
     assert result["references"]["segments"] >= 2 and (tmp_path / "long.png").is_file()
+    ratios = result["speed"]["ldlm_over_ar"]  # one pair: ldlm's document, then the AR's
+    assert len(ratios) == 1 and ratios[0] > 0 and result["speed"]["median"] == ratios[0]
 
 
 def test_context_use_arranges_windows_as_each_condition_says(load_benchmark):
@@ -161,8 +165,8 @@ def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_
     refs = _documents(tmp_path / "refs.jsonl", count=3, sentences=12)
     monkeypatch.setattr(sys, "argv", ["context_use.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"),
                                       "--references", str(refs), "--holdout-every", "1", "--windows", "4",
-                                      "--timesteps", "200", "800", "--steps", "2", "--ppl-model", teacher_dirs["qwen2"],
-                                      "--out", str(tmp_path / "ctx")])
+                                      "--timesteps", "200", "800", "--steps", "2", "--guidance-scale", "1", "3",
+                                      "--ppl-model", teacher_dirs["qwen2"], "--out", str(tmp_path / "ctx")])
     bench.main()
     result = json.loads((tmp_path / "ctx.json").read_text())
     assert result["config"]["windows_used"] == 4 and result["config"]["new_blocks"] == 3  # half of a 6-block window
@@ -173,6 +177,25 @@ def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_
     assert list(written) == ["held-out continuation (scored after each context)",
                              "held-out continuation through ldlm's VAE (scored after each context)",
                              "ldlm, 2 steps: its continuation after the true context",
+                             "ldlm, 2 steps, CFG 3: its continuation after the true context",
                              "AR, T=1: its continuation after the true context"]
+    plain, guided = (written[f"ldlm, 2 steps{cfg}: its continuation after the true context"] for cfg in ("", ", CFG 3"))
+    assert guided["true"] != plain["true"] and guided["none"] == plain["none"]  # no context: nothing to guide
     for row in written.values():
         assert all(row[c] > 0 for c in bench.CONDITIONS) and row["shuffled_over_true"] == row["shuffled"] / row["true"]
+
+
+def test_infill_report_scores_each_method_and_the_ar_prefix_only(make_pipeline, load_benchmark, teacher_dirs,
+                                                                 tmp_path, monkeypatch):
+    bench = load_benchmark("infill_report")
+    _save_both(make_pipeline(), tmp_path)
+    refs = _documents(tmp_path / "refs.jsonl", count=4, sentences=12)
+    monkeypatch.setattr(sys, "argv", ["infill_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"),
+                                      "--corpus", str(refs), "--holdout-every", "2", "--texts", "4", "--fixed-blocks",
+                                      "1", "--steps", "2", "--ppl-model", teacher_dirs["qwen2"], "--out",
+                                      str(tmp_path / "infill")])
+    bench.main()
+    result = json.loads((tmp_path / "infill.json").read_text())
+    assert list(result["results"]) == ["condition", "replace", "prefix only", "AR, prefix only"]
+    assert all(0 <= r["word_f1"] <= 1 and r["gen_ppl"] > 0 for r in result["results"].values())
+    assert len(result["middles"]["AR, prefix only"]) == 2 and (tmp_path / "infill.png").is_file()

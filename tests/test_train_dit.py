@@ -12,6 +12,7 @@ from ldlm.cli import main
 from ldlm.data.latent_windows import LatentDataModule
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import make_scheduler
+from ldlm.errors import LdlmError
 from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
 from ldlm.pipelines.loading import load_vae
 from ldlm.training.config import DiTExperiment, load_config
@@ -169,14 +170,22 @@ def test_warm_start_onto_longer_windows_keeps_the_trained_block_positions(vae_di
 
 
 @torch.no_grad()
-def test_distillation_target_takes_the_student_where_two_teacher_steps_go(vae_dir, tmp_path):
+@pytest.mark.parametrize("autoguidance", [1.0, 2.5])
+def test_distillation_target_takes_the_student_where_two_teacher_steps_go(vae_dir, tmp_path, autoguidance):
     cfg = load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path, "init=unused", "diffusion.scheduler=ddim",
-                                                      "diffusion.distill_steps=5"))
+                                                      "diffusion.distill_steps=5",
+                                                      f"diffusion.distill_autoguidance={autoguidance}"))
     torch.manual_seed(0)
-    student, teacher = (LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4) for _ in range(2))
-    for p in teacher.parameters():  # adaLN-zero starts as the identity: perturb so the teacher's steps matter
-        p.add_(0.05 * torch.randn_like(p))
-    module = DistillDiTModule(student, OmegaConf.to_container(cfg), teacher)
+    student, teacher, weak = (LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4) for _ in range(3))
+    for model in (teacher, weak):  # adaLN-zero starts as the identity: perturb so the teachers' steps matter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    guided = autoguidance > 1
+    module = DistillDiTModule(student, OmegaConf.to_container(cfg), teacher, weak if guided else None)
+
+    def teacher_output(*args):  # the pipeline's autoguided output (the teacher alone at w = 1)
+        return weak(*args) + autoguidance * (teacher(*args) - weak(*args)) if guided else teacher(*args)
+
     x0, noise = torch.randn(3, 8, 8), torch.randn(3, 8, 8)
     context = torch.zeros(3, 8, dtype=torch.bool)
     context[0, :2] = context[2, :4] = True
@@ -194,7 +203,7 @@ def test_distillation_target_takes_the_student_where_two_teacher_steps_go(vae_di
         student_end = student_sampler.step(target, t, x_t).prev_sample
         x, estimate = x_t, self_cond
         for tt in (t, t - 100):  # the teacher's two steps, as the pipeline's sampler takes them
-            output = teacher(x, tt.expand(3), estimate, context, drop)
+            output = teacher_output(x, tt.expand(3), estimate, context, drop)
             estimate = torch.where(clean, x0, objective.to_x0(x, output, tt.expand(3)))
             x = torch.where(clean, x0, teacher_sampler.step(output, tt, x).prev_sample)
         torch.testing.assert_close(student_end[~context], x[~context], atol=1e-4, rtol=0)
@@ -217,7 +226,34 @@ def test_distillation_trains_from_init_and_exports_a_ddim_pipeline(vae_dir, tmp_
                              "diffusion.prediction_type=epsilon"], "v_prediction or sample"),
                            ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=3"], "divides"),
                            ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",
-                             "data.max_blocks=6"], "distil on the same windows")):
+                             "data.max_blocks=6"], "distil on the same windows"),
+                           ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",
+                             "diffusion.distill_autoguidance=2"], "holds no weak_transformer"),
+                           ([f"init={first}", "diffusion.distill_autoguidance=2"], "needs diffusion.distill_steps"),
+                           ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",
+                             "diffusion.distill_autoguidance=0.5"], "finite number ≥ 1")):
         assert main(["train-dit", "--config", config, *_overrides(vae_dir, tmp_path / "c"), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_guided_distillation_bakes_the_weak_transformer_in(vae_dir, tmp_path):
+    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
+    pipe = LatentDiffusionLMPipeline.from_pretrained(first)
+    weak = LatentDiT.from_config(pipe.transformer.config)
+    guided = LatentDiffusionLMPipeline(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, weak, 2.0)
+    guided.save_pretrained(tmp_path / "guided")
+    student = train_dit(load_config(DiTExperiment, None, _overrides(
+        vae_dir, tmp_path / "b", f"init={tmp_path / 'guided'}", "diffusion.scheduler=ddim",
+        "diffusion.distill_steps=2", "diffusion.distill_autoguidance=2", "train.max_steps=3", "sample.every=0")))
+    out = LatentDiffusionLMPipeline.from_pretrained(student)
+    assert out.weak_transformer is None and out.config.autoguidance == 1  # the student runs alone
+    moved = LatentDiT.from_pretrained(student / "transformer").state_dict()
+    assert any(not torch.equal(v, pipe.transformer.state_dict()[k]) for k, v in moved.items())
+    small = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=2)  # shorter windows than the DiT
+    LatentDiffusionLMPipeline(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, small, 2.0).save_pretrained(
+        tmp_path / "unfit")
+    with pytest.raises(LdlmError, match="does not fit"):
+        train_dit(load_config(DiTExperiment, None, _overrides(
+            vae_dir, tmp_path / "c", f"init={tmp_path / 'unfit'}", "diffusion.scheduler=ddim",
+            "diffusion.distill_steps=2", "diffusion.distill_autoguidance=2")))

@@ -30,6 +30,16 @@ class LatentDiffusionLMOutput(BaseOutput):
     latents: torch.Tensor
 
 
+def check_weak_transformer(transformer: LatentDiT, weak: LatentDiT) -> None:
+    """ValueError unless ``weak`` reads and writes ``transformer``'s latents on its noise schedule (autoguidance)."""
+    keys = ("latent_channels", "latents_per_block", "objective", "prediction_type", "beta_schedule",
+            "num_train_timesteps")
+    differ = [k for k in keys if weak.config[k] != transformer.config[k]]
+    if differ or weak.config.max_blocks < transformer.config.max_blocks:
+        raise ValueError(f"the weak transformer does not fit the transformer ({', '.join(differ) or 'max_blocks'} "
+                         "differ)")
+
+
 class LatentDiffusionLMPipeline(DiffusionPipeline):
     """Generates text by denoising all blocks of a sequence in parallel, optionally continuing a prompt.
 
@@ -125,16 +135,10 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             self._check_weak_transformer()
 
     def _check_weak_transformer(self) -> None:
-        """ValueError unless the weak transformer reads and writes the transformer's latents on its noise schedule."""
+        """ValueError unless the pipeline has a weak transformer that fits its transformer."""
         if self.weak_transformer is None:
             raise ValueError("autoguidance > 1 needs a weak_transformer in the pipeline")
-        weak, strong = self.weak_transformer.config, self.transformer.config
-        keys = ("latent_channels", "latents_per_block", "objective", "prediction_type", "beta_schedule",
-                "num_train_timesteps")
-        differ = [k for k in keys if weak[k] != strong[k]]
-        if differ or weak.max_blocks < strong.max_blocks:
-            raise ValueError(f"the weak transformer does not fit the transformer ({', '.join(differ) or 'max_blocks'} "
-                             "differ)")
+        check_weak_transformer(self.transformer, self.weak_transformer)
 
     def _model_output(self, x: torch.Tensor, timestep: torch.Tensor, self_cond: torch.Tensor | None,
                       flagged: torch.Tensor, drop: torch.Tensor | None, autoguidance: float) -> torch.Tensor:

@@ -2,6 +2,7 @@
 that also check their values (``__post_init__``, run when the runner turns a loaded config into its dataclass)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -194,6 +195,7 @@ class DiffusionConfig:
     context_dropout: float = 0.1  # context swapped for the null condition (classifier-free guidance)
     ema_decay: float = 0.999
     distill_steps: int = 0  # N > 0: distil init's 2N-step DDIM sampler into N steps (needs init and scheduler ddim)
+    distill_autoguidance: float = 1.0  # > 1: the teacher is autoguided at this weight against init's weak_transformer
 
     def __post_init__(self) -> None:
         if self.distill_steps and (self.objective != "vp" or self.scheduler != "ddim" or self.distill_steps < 1
@@ -202,6 +204,11 @@ class DiffusionConfig:
             raise LdlmError(f"diffusion.distill_steps {self.distill_steps} needs the vp objective with v_prediction "
                             f"or sample, scheduler ddim and a step count 2N that divides num_train_timesteps "
                             f"({self.num_train_timesteps})")
+        if not (math.isfinite(self.distill_autoguidance) and self.distill_autoguidance >= 1):
+            raise LdlmError(f"diffusion.distill_autoguidance must be a finite number ≥ 1 (1: off), got "
+                            f"{self.distill_autoguidance}")
+        if self.distill_autoguidance > 1 and not self.distill_steps:
+            raise LdlmError("diffusion.distill_autoguidance needs diffusion.distill_steps: it guides the teacher")
         try:
             scheduler = make_scheduler(self.scheduler, self.num_train_timesteps, self.beta_schedule,
                                        self.prediction_type, self.shift)

@@ -15,7 +15,7 @@ from ldlm.data.latent_windows import LatentDataModule
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import DiffusionObjective, make_scheduler
 from ldlm.errors import LdlmError
-from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline, check_weak_transformer
 from ldlm.pipelines.loading import load_vae
 from ldlm.training.checkpoint_io import atomic_dir, load_tree
 from ldlm.training.config import DiTExperiment, build_preset
@@ -32,7 +32,7 @@ class LatentDiTModule(L.LightningModule):
 
     def __init__(self, transformer: LatentDiT, cfg: dict) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["transformer", "teacher"])
+        self.save_hyperparameters(ignore=["transformer", "teacher", "weak"])
         self.transformer = transformer
         self.ema = copy.deepcopy(transformer).requires_grad_(False)
         d, self.train_cfg = cfg["diffusion"], cfg["train"]
@@ -137,13 +137,25 @@ class DistillDiTModule(LatentDiTModule):
     """Progressive distillation (Salimans & Ho, 2022) of a teacher DiT sampled with 2N DDIM steps into a student for
     N: the student starts as the teacher; at a timestep of its N-step grid its target is the clean estimate with which
     one DDIM step lands where two of the teacher's land (with the same context, null-context draw and
-    self-conditioning; the teacher's second step feeds back its first estimate, as the sampler does). The teacher is
-    not sharded under FSDP: every rank holds it whole."""
+    self-conditioning; the teacher's second step feeds back its first estimate, as the sampler does). With a ``weak``
+    transformer the teacher is autoguided, weak + w·(teacher − weak) at ``diffusion.distill_autoguidance``, so the
+    student learns the guided sampler and runs alone. The teachers are not sharded under FSDP: every rank holds them
+    whole."""
 
-    def __init__(self, transformer: LatentDiT, cfg: dict, teacher: LatentDiT) -> None:
+    def __init__(self, transformer: LatentDiT, cfg: dict, teacher: LatentDiT, weak: LatentDiT | None = None) -> None:
         super().__init__(transformer, cfg)
         self.teacher = teacher.requires_grad_(False)
+        self.weak = None if weak is None else weak.requires_grad_(False)
         self.stride = self.objective.num_train_timesteps // self.diff["distill_steps"]
+
+    def _teacher(self, x: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None, context: torch.Tensor,
+                 drop: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's output, autoguided against the weak transformer when there is one (as the pipeline's)."""
+        strong = self.teacher(x, t, self_cond, context, drop)
+        if self.weak is None:
+            return strong
+        weak = self.weak(x, t, self_cond, context, drop)
+        return weak + self.diff["distill_autoguidance"] * (strong - weak)
 
     def _timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
         """Timesteps of the student's trailing N-step grid (T − 1, T − 1 − T/N, …, T/N − 1)."""
@@ -157,9 +169,9 @@ class DistillDiTModule(LatentDiTModule):
         mid, end = t - self.stride // 2, t - self.stride
         # the teacher's inputs hold the clean context, as the sampler's do (its self-conditioning estimate too);
         # elsewhere context positions carry no loss
-        first = torch.where(clean, x0, objective.to_x0(x_in, self.teacher(x_in, t, self_cond, context, drop), t))
+        first = torch.where(clean, x0, objective.to_x0(x_in, self._teacher(x_in, t, self_cond, context, drop), t))
         x_mid = torch.where(clean, x0, objective.ddim_step(x_in, first, t, mid))
-        second = objective.to_x0(x_mid, self.teacher(x_mid, mid, first, context, drop), mid)
+        second = objective.to_x0(x_mid, self._teacher(x_mid, mid, first, context, drop), mid)
         x_end = objective.ddim_step(x_mid, second, mid, end)
         return objective.from_x0(x_in, objective.ddim_x0(x_in, x_end, t, end), t)
 
@@ -182,6 +194,21 @@ def load_transformer_weights(transformer: LatentDiT, pipeline: str) -> None:
     block_pos = transformer.block_pos.detach().clone()
     block_pos[: trained.config.max_blocks] = state["block_pos"]
     transformer.load_state_dict(state | {"block_pos": block_pos})
+
+
+def _weak_teacher(cfg: DiTExperiment, teacher: LatentDiT) -> LatentDiT | None:
+    """init's weak transformer when ``diffusion.distill_autoguidance`` > 1 (checked to fit the teacher), else None."""
+    if cfg.diffusion.distill_autoguidance == 1:
+        return None
+    folder = Path(cfg.init) / "weak_transformer"
+    if not (folder / "config.json").is_file():
+        raise LdlmError(f"diffusion.distill_autoguidance: {cfg.init} holds no weak_transformer/ folder to guide with")
+    weak = LatentDiT.from_pretrained(folder).float().train()
+    try:
+        check_weak_transformer(teacher, weak)
+    except ValueError as err:
+        raise LdlmError(f"diffusion.distill_autoguidance: {err}") from None
+    return weak
 
 
 def _strategy(cfg: DiTExperiment):
@@ -253,7 +280,7 @@ def _prepare(cfg: DiTExperiment, out: Path) -> Job:
         if teacher.config.max_blocks != transformer.config.max_blocks:
             raise LdlmError(f"diffusion.distill_steps: the teacher in {cfg.init} has {teacher.config.max_blocks}-block "
                             f"windows, data.max_blocks is {transformer.config.max_blocks}; distil on the same windows")
-        module = DistillDiTModule(transformer, asdict(cfg), teacher)
+        module = DistillDiTModule(transformer, asdict(cfg), teacher, _weak_teacher(cfg, teacher))
     else:
         module = LatentDiTModule(transformer, asdict(cfg))
     return Job(module, data, export, [samples], _strategy(cfg))
