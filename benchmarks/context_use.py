@@ -25,7 +25,6 @@ the same continuation through ldlm's VAE (encoded and decoded) is the best ldlm'
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 from pathlib import Path
@@ -184,9 +183,9 @@ def main() -> None:
     afters = torch.stack([w.view(-1, block)[context:] for w in picked])
     scorers = {"ldlm (DiT clean-latent MSE)": lambda b, a, i, c: dit_error(
         pipe, b, a, args.timesteps, args.seed + i, null_context=c == "none")}
-    writers = {f"ldlm, {args.steps} steps" + (f", CFG {s:g}" if s != 1 else ""): functools.partial(
-        lambda c, s: dit_continuations(pipe, contexts[c], new, args.steps, args.seed, c == "none", s), s=s)
-        for s in args.guidance_scale}
+    writers = {f"ldlm, {args.steps} steps" + (f", CFG {s:g}" if s != 1 else ""):
+               lambda c, s=s: dit_continuations(pipe, contexts[c], new, args.steps, args.seed, c == "none", s)
+               for s in args.guidance_scale}
     if args.ar is not None:
         model, tokenizer = load_ar(args.ar)
         if tokenizer.get_vocab() != pipe.tokenizer.get_vocab():

@@ -135,7 +135,8 @@ def main() -> None:
     names = list(results)
     ax.bar(names, [results[n]["word_f1"] for n in names], color=["C0", "C1", "C7", "C3"][: len(names)])
     ax.set_ylabel("word F1 with the true middle")
-    ax.set_title(f"Infilling {gap} blocks between {args.fixed_blocks}+{args.fixed_blocks} fixed (held-out {Path(args.corpus).parent.name})")
+    ends = f"{args.fixed_blocks}+{args.fixed_blocks}"
+    ax.set_title(f"Infilling {gap} blocks between {ends} fixed (held-out {Path(args.corpus).parent.name})")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
