@@ -242,21 +242,25 @@ class CausalLM(ModelMixin, ConfigMixin):
         total = ids.shape[1] + max_new_tokens
         sliding = window is not None and window < total
         cache = self.new_cache(b, window if sliding else total, sliding) if use_cache else None
-        step_ids, done, new = ids, torch.zeros(b, dtype=torch.bool, device=self.device), []
+        # one preallocated row per sample: thousands of one-token tensors kept alive between the step's large
+        # temporaries fragment the heap, and resident memory then grows with the text
+        new = torch.empty(b, max_new_tokens, dtype=torch.long, device=self.device)
+        step_ids, done, count = ids, torch.zeros(b, dtype=torch.bool, device=self.device), 0
         for _ in range(max_new_tokens):
             states = self.hidden_states(step_ids, cache, window)[:, -1]
             token = sample_next(self.logits(states), temperature, top_p, generator)
             if stop_at_eos:
                 token = token.masked_fill(done, eos)
                 done |= token == eos
-            new.append(token)
+            new[:, count] = token
+            count += 1
             if stop_at_eos and bool(done.all()):
                 break
             if use_cache:
                 step_ids = token[:, None]
             else:
                 ids = step_ids = torch.cat([ids, token[:, None]], 1)
-        return torch.stack(new, 1) if new else torch.empty(b, 0, dtype=torch.long, device=self.device)
+        return new[:, :count]
 
 
 def load_ar(path: str | Path) -> tuple[CausalLM, object]:
