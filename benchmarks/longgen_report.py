@@ -51,7 +51,7 @@ def ldlm_document(pipe, prompt: str, tokens: int, steps: int, max_repeat: float,
     seconds = time.perf_counter() - start
     skip = len(pipe.tokenizer(prompt, add_special_tokens=False)["input_ids"])  # the continuation, as for the AR
     ids = pipe.tokenizer(text, add_special_tokens=False)["input_ids"][skip:]
-    return {"text": pipe.tokenizer.decode(ids), "seconds": seconds, "stop": run.stop_reasons[0],
+    return {"text": pipe.tokenizer.decode(ids), "tokens": len(ids), "seconds": seconds, "stop": run.stop_reasons[0],
             "groups": run.groups, "guarded": run.guarded}
 
 
@@ -66,7 +66,8 @@ def ar_document(model, tokenizer, prompt: str, tokens: int, temperature: float, 
     new = model.generate(torch.tensor([ids]), max_new_tokens=max(1, tokens - len(ids)), temperature=temperature,
                          stop_at_eos=False, generator=torch.Generator().manual_seed(seed),
                          window=window)[0].tolist()
-    return {"text": tokenizer.decode(new, skip_special_tokens=True), "seconds": time.perf_counter() - start}
+    return {"text": tokenizer.decode(new, skip_special_tokens=True), "tokens": len(new),
+            "seconds": time.perf_counter() - start}
 
 
 def summarize(docs: list[dict], tokenizer, scorer) -> dict:
@@ -83,8 +84,7 @@ def summarize(docs: list[dict], tokenizer, scorer) -> dict:
     means = {k: [statistics.mean(rows[i][k] for rows in per_doc) for i in range(count)] for k in ("gen_ppl", "rep4")}
     means["distinct4"] = [distinct_n([t[i] for t in texts], 4) for i in range(count)]
     out = {**means, "last_over_first": means["gen_ppl"][-1] / means["gen_ppl"][0],
-           "tokens_per_second": sum(len(tokenizer(d["text"], add_special_tokens=False)["input_ids"]) for d in docs)
-           / sum(d["seconds"] for d in docs), "stops": stops}
+           "tokens_per_second": sum(d["tokens"] for d in docs) / sum(d["seconds"] for d in docs), "stops": stops}
     if "groups" in docs[0]:
         out["guard_rate"] = sum(d["guarded"] for d in docs) / sum(d["groups"] for d in docs)
     return out
@@ -137,8 +137,7 @@ def main() -> None:
     systems = {name: summarize(written, tokenizer, scorer) for name, written in docs.items()}
     speed = None
     if args.ar is not None:
-        rate = lambda d: len(tokenizer(d["text"], add_special_tokens=False)["input_ids"]) / d["seconds"]  # noqa: E731
-        ratios = sorted(rate(a) / rate(b) for a, b in zip(*docs.values()))
+        ratios = sorted(a["tokens"] / a["seconds"] / (b["tokens"] / b["seconds"]) for a, b in zip(*docs.values()))
         speed = {"ldlm_over_ar": ratios, "median": statistics.median(ratios)}
     reference = None
     if args.references is not None:

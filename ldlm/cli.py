@@ -181,9 +181,7 @@ def _longgen(args: argparse.Namespace) -> None:
     with _user_errors():
         run = LongGeneration(pipe, args.prompt, args.max_tokens, new_blocks=args.new_blocks,
                              num_inference_steps=args.steps, snap=args.snap, temperature=args.temperature,
-                             autoguidance=args.autoguidance,
-                             generator=generator,
-                             stop_at_eos=not args.ignore_eos,
+                             autoguidance=args.autoguidance, generator=generator, stop_at_eos=not args.ignore_eos,
                              max_repeat=args.max_repeat)
     with open(target, "w", encoding="utf-8") as handle, tqdm(total=args.max_tokens, unit="tok") as bar, \
             _user_errors():

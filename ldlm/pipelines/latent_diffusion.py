@@ -30,6 +30,11 @@ class LatentDiffusionLMOutput(BaseOutput):
     latents: torch.Tensor
 
 
+def autoguide(strong: torch.Tensor, weak: torch.Tensor, weight: float) -> torch.Tensor:
+    """Autoguidance: the strong model's output extrapolated away from the weak one's, ``weak + w · (strong − weak)``."""
+    return weak + weight * (strong - weak)
+
+
 def check_weak_transformer(transformer: LatentDiT, weak: LatentDiT) -> None:
     """ValueError unless ``weak`` reads and writes ``transformer``'s latents on its noise schedule (autoguidance)."""
     keys = ("latent_channels", "latents_per_block", "objective", "prediction_type", "beta_schedule",
@@ -131,22 +136,20 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         w = self.config.autoguidance if autoguidance is None else autoguidance
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 1):
             raise ValueError(f"autoguidance must be a finite number ≥ 1 (1: off), got {w!r}")
-        if w > 1:
-            self._check_weak_transformer()
-
-    def _check_weak_transformer(self) -> None:
-        """ValueError unless the pipeline has a weak transformer that fits its transformer."""
-        if self.weak_transformer is None:
+        if w > 1 and self.weak_transformer is None:
             raise ValueError("autoguidance > 1 needs a weak_transformer in the pipeline")
-        check_weak_transformer(self.transformer, self.weak_transformer)
+        if w > 1:
+            check_weak_transformer(self.transformer, self.weak_transformer)
 
     def _model_output(self, x: torch.Tensor, timestep: torch.Tensor, self_cond: torch.Tensor | None,
                       flagged: torch.Tensor, drop: torch.Tensor | None, autoguidance: float) -> torch.Tensor:
         """The transformer's output (fp32) for standardized fp32 inputs, autoguided against the weak one if > 1."""
-        models = [self.transformer] + ([self.weak_transformer] if autoguidance > 1 else [])
-        strong, *weak = (m(x.to(m.dtype), timestep, None if self_cond is None else self_cond.to(m.dtype), flagged,
-                           drop).float() for m in models)
-        return weak[0] + autoguidance * (strong - weak[0]) if weak else strong
+        def run(model: LatentDiT) -> torch.Tensor:  # each model in its own dtype; the sampler state stays fp32
+            sc = None if self_cond is None else self_cond.to(model.dtype)
+            return model(x.to(model.dtype), timestep, sc, flagged, drop).float()
+
+        strong = run(self.transformer)
+        return strong if autoguidance == 1 else autoguide(strong, run(self.weak_transformer), autoguidance)
 
     def encode_layout(self, blocks: Layout) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[int]]]:
         """Known standardized latents (N, C) and their mask (N,) for a window of ``blocks``, N = blocks·K: complete

@@ -15,7 +15,7 @@ from ldlm.data.latent_windows import LatentDataModule
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import DiffusionObjective, make_scheduler
 from ldlm.errors import LdlmError
-from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline, check_weak_transformer
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline, autoguide, check_weak_transformer
 from ldlm.pipelines.loading import load_vae
 from ldlm.training.checkpoint_io import atomic_dir, load_tree
 from ldlm.training.config import DiTExperiment, build_preset
@@ -154,8 +154,7 @@ class DistillDiTModule(LatentDiTModule):
         strong = self.teacher(x, t, self_cond, context, drop)
         if self.weak is None:
             return strong
-        weak = self.weak(x, t, self_cond, context, drop)
-        return weak + self.diff["distill_autoguidance"] * (strong - weak)
+        return autoguide(strong, self.weak(x, t, self_cond, context, drop), self.diff["distill_autoguidance"])
 
     def _timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
         """Timesteps of the student's trailing N-step grid (T − 1, T − 1 − T/N, …, T/N − 1)."""
