@@ -4,11 +4,14 @@ against a continuation that sees only the first blocks (ldlm's, and with ``--ar`
 1). Also prints E2E examples from the shipped pipeline.
 
     python benchmarks/infill_report.py --ar runs/kjv-ar           # the shipped long-document pipeline, held-out KJV
+    python benchmarks/infill_report.py --ar runs/kjv-ar --ar-window 256 --span-blocks 32 --fixed-blocks 4 --min-tokens 512 \
+        --out docs/img/infill-kjv-passage                         # 384 tokens between two 64-token paragraphs
     python benchmarks/infill_report.py --model checkpoints/ldlm-e2e-smollm2 --corpus ../shared/data/e2e/test.jsonl \
         --holdout-every 1 --fixed-blocks 1 --min-tokens 56 --texts 32 --out docs/img/infill-e2e
 
-Held-out texts are the corpus's documents ``i % --holdout-every == 0`` (the long-document runs' split; 1: every text
-of a held-out file).
+Each case is the first ``--span-blocks`` blocks of a held-out text (default: one window), with its first and last
+``--fixed-blocks`` fixed; a span longer than the window is denoised whole, in overlapping windows. Held-out texts are
+the corpus's documents ``i % --holdout-every == 0`` (the long-document runs' split; 1: every text of a held-out file).
 """
 from __future__ import annotations
 
@@ -68,10 +71,13 @@ def main() -> None:
     parser.add_argument("--corpus", default="../shared/data/kjv/chapters.jsonl")
     parser.add_argument("--holdout-every", type=int, default=10, help="held-out texts: i %% N == 0")
     parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output): a prefix-only row")
+    parser.add_argument("--ar-window", type=int, default=None,
+                        help="the AR's sliding attention window (its training length) for spans longer than it")
     parser.add_argument("--texts", type=int, default=16)
     parser.add_argument("--min-tokens", type=int, default=0, help="only texts at least this long")
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--fixed-blocks", type=int, default=2, help="blocks fixed at each end")
+    parser.add_argument("--span-blocks", type=int, default=None, help="blocks per case (default: the window)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--ppl-model", default="smollm2", help="the LM that scores the middles")
     parser.add_argument("--seed", type=int, default=0)
@@ -81,12 +87,15 @@ def main() -> None:
     pipe = load_pipeline(args.model, default=SHIPPED_LONG)
     tok, length = pipe.tokenizer, pipe.vae.config.block_length
     window = pipe.transformer.config.max_blocks
-    gap = window - 2 * args.fixed_blocks
+    span = window if args.span_blocks is None else args.span_blocks
+    gap = span - 2 * args.fixed_blocks
     if args.holdout_every < 1:
         raise SystemExit("--holdout-every must be at least 1")
+    if args.fixed_blocks < 1 or gap < 1:
+        raise SystemExit(f"--fixed-blocks must be at least 1 and leave a gap in the {span}-block span")
     texts = read_corpus(args.corpus, holdout_every=args.holdout_every, heldout=True)
     texts = [text for text in texts if len(tok(text)["input_ids"]) >= args.min_tokens][: args.texts]
-    cases = [split_case(text, tok, window * length, args.fixed_blocks * length) for text in texts]
+    cases = [split_case(text, tok, span * length, args.fixed_blocks * length) for text in texts]
     methods = ["condition", "replace", "prefix only"]
     if args.ar is not None:
         ar, ar_tok = load_ar(args.ar)
@@ -102,10 +111,10 @@ def main() -> None:
             generator = torch.Generator().manual_seed(args.seed + j)
             if method == "AR, prefix only":
                 outs = generate_texts(ar, tok, [first], args.samples, generator=generator,
-                                      max_new_tokens=(window - args.fixed_blocks) * length)
+                                      max_new_tokens=(span - args.fixed_blocks) * length, window=args.ar_window)
             else:
                 segments = [first, None] if method == "prefix only" else [first, None, last]
-                outs = pipe.infill(segments, gap_blocks=gap if method != "prefix only" else window - args.fixed_blocks,
+                outs = pipe.infill(segments, gap_blocks=gap if method != "prefix only" else span - args.fixed_blocks,
                                    method="replace" if method == "replace" else "condition",
                                    num_samples_per_prompt=args.samples, num_inference_steps=args.steps,
                                    generator=generator).texts

@@ -1,12 +1,12 @@
 """Long documents along their length: gen-PPL and rep-4 per 512-token segment (distinct-4 across the documents'
 same segments), how often the anti-loop guard fired and tokens/s, for ldlm (``LongGeneration``, EOS ignored) and
 with ``--ar`` the same-size AR model, beside the same figures on held-out reference documents (memory at 1k/4k/10k
-tokens: benchmarks/memory.py; the ``new_blocks`` dial: benchmarks/new_blocks.py). The two systems write their
-documents in turn (ldlm's first, the AR's first, ldlm's second, …), so the speed ratio is read pair by pair on a
-noisy machine.
+tokens: benchmarks/memory.py; the ``new_blocks`` dial: benchmarks/new_blocks.py). ldlm writes at each of ``--steps``.
+The systems write their documents in turn (ldlm's first at each step count, the AR's first, ldlm's second, …), so
+each speed ratio to the AR is read pair by pair on a noisy machine.
 
     python benchmarks/longgen_report.py --ar runs/kjv-ar --ar-window 256 --tokens 10000 --documents 3 \
-        --references ../shared/data/kjv/chapters.jsonl --holdout-every 10
+        --references ../shared/data/kjv/chapters.jsonl --holdout-every 10 --steps 25 10
 """
 from __future__ import annotations
 
@@ -38,14 +38,15 @@ def segment_rows(texts: list[str], scorer) -> list[dict]:
     return [{"gen_ppl": scorer([t]), "rep4": repetition_rate(t)} for t in texts]
 
 
-def ldlm_document(pipe, prompt: str, tokens: int, steps: int, max_repeat: float, seed: int) -> dict:
+def ldlm_document(pipe, prompt: str, tokens: int, steps: int, max_repeat: float, seed: int,
+                  new_blocks: int | None = None) -> dict:
     """One document of ``tokens`` tokens from ``prompt``, EOS ignored: its continuation, time and guard counts."""
     import torch
 
     from ldlm.pipelines.long_generation import LongGeneration
 
-    run = LongGeneration(pipe, prompt, tokens, num_inference_steps=steps, max_repeat=max_repeat, stop_at_eos=False,
-                         generator=torch.Generator().manual_seed(seed))
+    run = LongGeneration(pipe, prompt, tokens, new_blocks=new_blocks, num_inference_steps=steps, max_repeat=max_repeat,
+                         stop_at_eos=False, generator=torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     text = "".join(chunk for (chunk,) in run)
     seconds = time.perf_counter() - start
@@ -97,7 +98,9 @@ def main() -> None:
     parser.add_argument("--prompt", default="And it came to pass, when the king had heard these words,")
     parser.add_argument("--documents", type=int, default=1, help="documents per system (seeds 0, 1, …)")
     parser.add_argument("--tokens", type=int, default=10000)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, nargs="+", default=[25], help="ldlm's denoising steps (one row each)")
+    parser.add_argument("--new-blocks", type=int, default=None, help="ldlm's blocks per group (default: the "
+                        "pipeline's)")
     parser.add_argument("--max-repeat", type=float, default=0.5, help="the anti-loop threshold (1: off)")
     parser.add_argument("--temperature", type=float, default=1.0, help="the AR model's sampling temperature")
     parser.add_argument("--ar-window", type=int, default=None,
@@ -122,13 +125,15 @@ def main() -> None:
     pipe = load_pipeline(args.model, default=SHIPPED_LONG)
     tokenizer = pipe.tokenizer
     scorer = GenerativePerplexity(args.ppl_model)
-    writers = {"ldlm": lambda seed: ldlm_document(pipe, args.prompt, args.tokens, args.steps, args.max_repeat, seed)}
+    writers = {(f"ldlm, {steps} steps" if len(args.steps) > 1 else "ldlm"): lambda seed, steps=steps: ldlm_document(
+        pipe, args.prompt, args.tokens, steps, args.max_repeat, seed, args.new_blocks) for steps in args.steps}
     if args.ar is not None:
         model, ar_tokenizer = load_ar(args.ar)
         if ar_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise SystemExit(f"the baseline in {args.ar} does not share the pipeline's tokenizer")
         window = "" if args.ar_window is None else f", window {args.ar_window}"
-        writers[f"AR, T={args.temperature:g}{window}"] = lambda seed: ar_document(
+        ar_name = f"AR, T={args.temperature:g}{window}"
+        writers[ar_name] = lambda seed: ar_document(
             model, tokenizer, args.prompt, args.tokens, args.temperature, seed, args.ar_window)
     docs = {name: [] for name in writers}
     for seed in range(args.documents):  # in turn: a slow spell of the machine slows both systems' pair
@@ -137,8 +142,12 @@ def main() -> None:
     systems = {name: summarize(written, tokenizer, scorer) for name, written in docs.items()}
     speed = None
     if args.ar is not None:
-        ratios = sorted(a["tokens"] / a["seconds"] / (b["tokens"] / b["seconds"]) for a, b in zip(*docs.values()))
-        speed = {"ldlm_over_ar": ratios, "median": statistics.median(ratios)}
+        rate = lambda doc: doc["tokens"] / doc["seconds"]  # noqa: E731
+        speed = {}
+        for name in writers:
+            if name != ar_name:
+                ratios = sorted(rate(a) / rate(b) for a, b in zip(docs[name], docs[ar_name]))
+                speed[name] = {"over_ar": ratios, "median": statistics.median(ratios)}
     reference = None
     if args.references is not None:
         held = read_corpus(args.references, holdout_every=args.holdout_every, heldout=True)
@@ -153,9 +162,9 @@ def main() -> None:
         print(f"{name}: {len(s['gen_ppl'])} segments, gen-PPL first {s['gen_ppl'][0]:.1f} last {s['gen_ppl'][-1]:.1f}"
               f" (×{s['last_over_first']:.2f}), rep-4 mean {statistics.mean(s['rep4']):.3f}, "
               f"{s['tokens_per_second']:.0f} tokens/s{guard}", flush=True)
-    if speed is not None:
-        print(f"tokens/s, ldlm ÷ AR, pair by pair: median {speed['median']:.2f} (range {speed['ldlm_over_ar'][0]:.2f}"
-              f"–{speed['ldlm_over_ar'][-1]:.2f}, {len(speed['ldlm_over_ar'])} pairs)")
+    for name, ratio in (speed or {}).items():
+        print(f"tokens/s, {name} ÷ AR, pair by pair: median {ratio['median']:.2f} (range {ratio['over_ar'][0]:.2f}"
+              f"–{ratio['over_ar'][-1]:.2f}, {len(ratio['over_ar'])} pairs)")
     if reference is not None:
         print(f"references: gen-PPL {reference['gen_ppl']:.1f}, rep-4 {reference['rep4']:.3f}, distinct-4 "
               f"{reference['distinct4']:.3f} over {reference['segments']} segments")

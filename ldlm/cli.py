@@ -281,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "long-document pipeline)")
     p.add_argument("--prompt", default=None, help="text the document starts with")
     p.add_argument("--max-tokens", type=int, default=2048)
-    p.add_argument("--new-blocks", type=int, default=None, help="blocks generated per group (default: half the "
-                   "window; the rest of the window is context)")
+    p.add_argument("--new-blocks", type=int, default=None, help="blocks generated per group (default: the "
+                   "pipeline's, else half the window; the rest of the window is context)")
     _sampling_options(p)
     p.add_argument("--ignore-eos", action="store_true", help="go on to --max-tokens whatever the model does at a "
                    "block end")

@@ -83,8 +83,28 @@ def test_length_report_scores_every_segment_of_both_systems(make_pipeline, load_
     assert ldlm["stops"] == ar["stops"] == ["length"]
     assert ldlm["last_over_first"] == ldlm["gen_ppl"][1] / ldlm["gen_ppl"][0]
     assert result["references"]["segments"] >= 2 and (tmp_path / "long.png").is_file()
-    ratios = result["speed"]["ldlm_over_ar"]  # one pair: ldlm's document, then the AR's
-    assert len(ratios) == 1 and ratios[0] > 0 and result["speed"]["median"] == ratios[0]
+    ratios = result["speed"]["ldlm"]["over_ar"]  # one pair: ldlm's document, then the AR's
+    assert len(ratios) == 1 and ratios[0] > 0 and result["speed"]["ldlm"]["median"] == ratios[0]
+
+
+def test_length_report_writes_at_each_step_count_in_turn_with_the_ar(make_pipeline, load_benchmark, tmp_path,
+                                                                     teacher_dirs, monkeypatch):
+    report = load_benchmark("longgen_report")
+    _save_both(make_pipeline(), tmp_path)
+    written = []
+    for name in ("ldlm_document", "ar_document"):
+        write = getattr(report, name)
+        monkeypatch.setattr(report, name, lambda *a, write=write, name=name: written.append(
+            (name, a[3] if name == "ldlm_document" else None)) or write(*a))
+    monkeypatch.setattr(sys, "argv", [
+        "longgen_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"), "--tokens", "600",
+        "--steps", "3", "2", "--documents", "2", "--max-repeat", "1", "--ppl-model", teacher_dirs["qwen2"],
+        "--out", str(tmp_path / "long")])
+    report.main()
+    turn = [("ldlm_document", 3), ("ldlm_document", 2), ("ar_document", None)]
+    assert written == turn + turn
+    speed = json.loads((tmp_path / "long.json").read_text())["speed"]
+    assert list(speed) == ["ldlm, 3 steps", "ldlm, 2 steps"] and all(len(s["over_ar"]) == 2 for s in speed.values())
 
 
 def test_context_use_arranges_windows_as_each_condition_says(load_benchmark):
@@ -185,17 +205,20 @@ def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_
         assert all(row[c] > 0 for c in bench.CONDITIONS) and row["shuffled_over_true"] == row["shuffled"] / row["true"]
 
 
+@pytest.mark.parametrize("span", [[], ["--span-blocks", "10", "--ar-window", "16"]])
 def test_infill_report_scores_each_method_and_the_ar_prefix_only(make_pipeline, load_benchmark, teacher_dirs,
-                                                                 tmp_path, monkeypatch):
+                                                                 tmp_path, monkeypatch, span):
     bench = load_benchmark("infill_report")
     _save_both(make_pipeline(), tmp_path)
     refs = _documents(tmp_path / "refs.jsonl", count=4, sentences=12)
     monkeypatch.setattr(sys, "argv", ["infill_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"),
                                       "--corpus", str(refs), "--holdout-every", "2", "--texts", "4", "--fixed-blocks",
                                       "1", "--steps", "2", "--ppl-model", teacher_dirs["qwen2"], "--out",
-                                      str(tmp_path / "infill")])
+                                      str(tmp_path / "infill"), *span])
     bench.main()
     result = json.loads((tmp_path / "infill.json").read_text())
+    first, truth, last = result["case"]
+    assert len(truth.split()) > (6 * 8 if span else 2 * 8)  # a 10-block span's middle outgrows the 6-block window
     assert list(result["results"]) == ["condition", "replace", "prefix only", "AR, prefix only"]
     assert all(0 <= r["word_f1"] <= 1 and r["gen_ppl"] > 0 for r in result["results"].values())
     assert len(result["middles"]["AR, prefix only"]) == 2 and (tmp_path / "infill.png").is_file()

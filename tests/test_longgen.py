@@ -35,6 +35,19 @@ def test_long_generation_streams_thousands_of_tokens_in_a_bounded_window(make_pi
     assert peaks[-1] - peaks[len(peaks) // 5] < 25  # the peak stops growing after the first groups
 
 
+def test_the_pipeline_saves_its_long_document_group_size(make_pipeline, tmp_path):
+    from ldlm.pipelines.loading import load_pipeline
+
+    pipe = make_pipeline()
+    assert LongGeneration(pipe, None).new_blocks == 3  # unset: half the 6-block window
+    pipe.register_to_config(new_blocks=2)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = load_pipeline(str(tmp_path / "pipe"))
+    assert LongGeneration(loaded, None).new_blocks == 2 and LongGeneration(loaded, None, new_blocks=5).new_blocks == 5
+    with pytest.raises(ValueError, match="new_blocks must be an integer in 1..6"):
+        type(pipe)(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, new_blocks=7)
+
+
 def test_prompt_is_kept_verbatim_and_eos_ends_the_document(make_pipeline):
     pipe = make_pipeline()
     run = LongGeneration(pipe, PROMPT, max_tokens=200, new_blocks=3, num_inference_steps=2,

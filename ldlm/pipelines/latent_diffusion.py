@@ -45,6 +45,12 @@ def check_weak_transformer(transformer: LatentDiT, weak: LatentDiT) -> None:
                          "differ)")
 
 
+def window_starts(blocks: int, window: int) -> list[int]:
+    """First blocks of the windows that cover ``blocks`` blocks half a window apart, the last one flush with the end."""
+    starts = list(range(0, blocks - window + 1, max(1, window // 2)))
+    return starts if starts[-1] == blocks - window else starts + [blocks - window]
+
+
 class LatentDiffusionLMPipeline(DiffusionPipeline):
     """Generates text by denoising all blocks of a sequence in parallel, optionally continuing a prompt.
 
@@ -57,15 +63,23 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
 
     Autoguidance: with a ``weak_transformer`` (a weaker LatentDiT of the same latent code: smaller or less trained),
     every step's model output is ``weak + w · (transformer − weak)``: steering away from what the weak model predicts
-    sharpens the samples. ``autoguidance`` is the default ``w`` (1: off), saved with the pipeline.
+    sharpens the samples. ``autoguidance`` is the default ``w`` (1: off), saved with the pipeline, as is
+    ``new_blocks``, the blocks per group ``LongGeneration`` writes by default (None: half the window), chosen by
+    measuring the model.
     """
 
     model_cpu_offload_seq = "transformer->weak_transformer->vae"
     _optional_components = ["weak_transformer"]
 
     def __init__(self, vae: TextVAE, transformer: LatentDiT, scheduler, tokenizer,
-                 weak_transformer: LatentDiT | None = None, autoguidance: float = 1.0) -> None:
+                 weak_transformer: LatentDiT | None = None, autoguidance: float = 1.0,
+                 new_blocks: int | None = None) -> None:
         super().__init__()
+        window = transformer.config.max_blocks
+        if new_blocks is not None and (isinstance(new_blocks, bool) or not isinstance(new_blocks, int)
+                                       or not 1 <= new_blocks <= window):
+            raise ValueError(f"new_blocks must be an integer in 1..{window} (the transformer's window), got "
+                             f"{new_blocks!r}")
         for name, module in (("vae", vae), ("transformer", transformer), ("weak_transformer", weak_transformer)):
             weights = {} if module is None else module.state_dict()
             bad = next((k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()), None)
@@ -73,7 +87,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                 raise ValueError(f"the {name} weights hold NaN or infinite values (first in {bad})")
         self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler, tokenizer=tokenizer,
                               weak_transformer=weak_transformer)
-        self.register_to_config(autoguidance=autoguidance)
+        self.register_to_config(autoguidance=autoguidance, new_blocks=new_blocks)
 
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)
@@ -143,13 +157,35 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
 
     def _model_output(self, x: torch.Tensor, timestep: torch.Tensor, self_cond: torch.Tensor | None,
                       flagged: torch.Tensor, drop: torch.Tensor | None, autoguidance: float) -> torch.Tensor:
-        """The transformer's output (fp32) for standardized fp32 inputs, autoguided against the weak one if > 1."""
-        def run(model: LatentDiT) -> torch.Tensor:  # each model in its own dtype; the sampler state stays fp32
-            sc = None if self_cond is None else self_cond.to(model.dtype)
-            return model(x.to(model.dtype), timestep, sc, flagged, drop).float()
+        """The transformer's output (fp32) for standardized fp32 inputs (B, N, C), autoguided against the weak one if
+        > 1. A sequence longer than the transformer's window is read in overlapping windows half a window apart (all
+        in one batch), and each position's outputs are averaged, weighted towards each window's centre: over the
+        denoising steps the fixed blocks at either end reach every block between them."""
+        def run(model: LatentDiT, x, timestep, self_cond, flagged, drop) -> torch.Tensor:
+            sc = None if self_cond is None else self_cond.to(model.dtype)  # each model in its own dtype; the
+            return model(x.to(model.dtype), timestep, sc, flagged, drop).float()  # sampler state stays fp32
 
-        strong = run(self.transformer)
-        return strong if autoguidance == 1 else autoguide(strong, run(self.weak_transformer), autoguidance)
+        def output(*inputs) -> torch.Tensor:
+            strong = run(self.transformer, *inputs)
+            return strong if autoguidance == 1 else autoguide(strong, run(self.weak_transformer, *inputs),
+                                                              autoguidance)
+
+        b, n, _ = x.shape
+        k, window = self.transformer.config.latents_per_block, self.transformer.config.max_blocks
+        if n <= window * k:
+            return output(x, timestep, self_cond, flagged, drop)
+        starts = window_starts(n // k, window)
+        spans = [slice(s * k, (s + window) * k) for s in starts]
+        pieces = lambda u: None if u is None else torch.cat([u[:, span] for span in spans])  # noqa: E731
+        repeat = lambda u: None if u is None else u.reshape(-1).expand(b).repeat(len(spans))  # noqa: E731
+        outs = output(pieces(x), repeat(timestep), pieces(self_cond), pieces(flagged), repeat(drop)).split(b)
+        centre = torch.arange(window, device=x.device)
+        weight = torch.minimum(centre + 1, window - centre).repeat_interleave(k).float()[:, None]  # (window·K, 1)
+        total, norm = x.new_zeros(b, n, outs[0].shape[-1]), x.new_zeros(n, 1)
+        for span, out in zip(spans, outs):
+            total[:, span] += weight * out
+            norm[span] += weight
+        return total / norm
 
     def encode_layout(self, blocks: Layout) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[int]]]:
         """Known standardized latents (N, C) and their mask (N,) for a window of ``blocks``, N = blocks·K: complete
@@ -376,7 +412,9 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         each ``None`` becomes ``gap_blocks`` generated blocks, and the rest of a segment's last block is generated
         too, e.g. ``pipe.infill(["The Eagle is a coffee shop", None, "It is not family-friendly."])``. Complete
         fixed blocks enter as clean context (``method="condition"``) or are re-noised into the sample at every
-        step (``method="replace"``). The other arguments are as for ``__call__``."""
+        step (``method="replace"``). Layouts longer than the transformer's window (a chapter between its first and
+        last paragraphs) are denoised whole, in overlapping windows (:meth:`_model_output`); their memory grows with
+        the length. The other arguments are as for ``__call__``."""
         if method not in ("condition", "replace"):
             raise ValueError(f"method must be 'condition' or 'replace', got {method!r}")
         if not isinstance(gap_blocks, int) or gap_blocks < 1:
@@ -395,7 +433,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
 
     def _infill_layout(self, segments: list[str | None], gap_blocks: int) -> Layout:
         """Per block: its fixed tokens (all of them, or a prefix of a segment's last block), or None (generated)."""
-        length, max_blocks = self.vae.config.block_length, self.transformer.config.max_blocks
+        length = self.vae.config.block_length
         blocks: Layout = []
         for i, segment in enumerate(segments):
             if segment is None:
@@ -405,8 +443,6 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
             text = segment if i == 0 or segment[:1].isspace() else " " + segment  # a continuation, mid-text
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             blocks += [ids[start : start + length] for start in range(0, len(ids), length)]
-        if len(blocks) > max_blocks:
-            raise ValueError(f"segments and gaps take {len(blocks)} blocks; the transformer holds {max_blocks}")
         return blocks
 
     def _generate(self, layouts: list[Layout], num_samples: int, output_type: str, return_dict: bool,

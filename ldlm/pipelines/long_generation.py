@@ -21,7 +21,8 @@ class LongGeneration:
     """Iterate to generate ``num_documents`` documents together, one group of ``new_blocks`` blocks at a time;
     each item is the list of the documents' new text (empty once a document has stopped).
 
-    The context is the last ``window − new_blocks`` blocks (prompt blocks included); a prompt's trailing partial
+    The context is the last ``window − new_blocks`` blocks (prompt blocks included; ``new_blocks`` defaults to the
+    pipeline's ``new_blocks``, else half the window); a prompt's trailing partial
     block is finished in the first group with its tokens held. Anti-loop: a group whose token 4-grams repeat more
     than ``max_repeat`` of the last ``history`` tokens is resampled up to ``retries`` times (the least repetitive
     draw is kept), and a document stops after ``patience`` looping groups in a row. A document also stops at
@@ -54,7 +55,8 @@ class LongGeneration:
         history: int = 512,
     ) -> None:
         window = pipe.transformer.config.max_blocks
-        new_blocks = max(1, window // 2) if new_blocks is None else new_blocks
+        if new_blocks is None:
+            new_blocks = pipe.config.get("new_blocks") or max(1, window // 2)
         if not isinstance(new_blocks, int) or not 1 <= new_blocks <= window:
             raise ValueError(f"new_blocks must be an integer in 1..{window} (the transformer's window)")
         if not isinstance(max_tokens, int) or max_tokens < 1:
