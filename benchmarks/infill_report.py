@@ -91,6 +91,8 @@ def main() -> None:
     gap = span - 2 * args.fixed_blocks
     if args.holdout_every < 1:
         raise SystemExit("--holdout-every must be at least 1")
+    if args.ar_window is not None and args.ar_window < 1:
+        raise SystemExit(f"--ar-window must be at least 1, got {args.ar_window}")
     if args.fixed_blocks < 1 or gap < 1:
         raise SystemExit(f"--fixed-blocks must be at least 1 and leave a gap in the {span}-block span")
     texts = read_corpus(args.corpus, holdout_every=args.holdout_every, heldout=True)

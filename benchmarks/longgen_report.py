@@ -112,6 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.tokens < SEGMENT or args.documents < 1:
         raise SystemExit(f"--tokens must be at least {SEGMENT} and --documents at least 1")
+    if min(args.steps) < 1:
+        raise SystemExit(f"--steps must be at least 1, got {min(args.steps)}")
     if args.ar_window is not None and args.ar_window < 1:
         raise SystemExit(f"--ar-window must be at least 1, got {args.ar_window}")
     if args.references is not None and not Path(args.references).is_file():

@@ -45,6 +45,13 @@ def check_weak_transformer(transformer: LatentDiT, weak: LatentDiT) -> None:
                          "differ)")
 
 
+def check_new_blocks(new_blocks, window: int) -> None:
+    """ValueError unless ``new_blocks`` (blocks per long-document group) is an integer in 1..``window``."""
+    if isinstance(new_blocks, bool) or not isinstance(new_blocks, int) or not 1 <= new_blocks <= window:
+        raise ValueError(f"new_blocks must be an integer in 1..{window} (the transformer's window), got "
+                         f"{new_blocks!r}")
+
+
 def window_starts(blocks: int, window: int) -> list[int]:
     """First blocks of the windows that cover ``blocks`` blocks half a window apart, the last one flush with the end."""
     starts = list(range(0, blocks - window + 1, max(1, window // 2)))
@@ -75,11 +82,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                  weak_transformer: LatentDiT | None = None, autoguidance: float = 1.0,
                  new_blocks: int | None = None) -> None:
         super().__init__()
-        window = transformer.config.max_blocks
-        if new_blocks is not None and (isinstance(new_blocks, bool) or not isinstance(new_blocks, int)
-                                       or not 1 <= new_blocks <= window):
-            raise ValueError(f"new_blocks must be an integer in 1..{window} (the transformer's window), got "
-                             f"{new_blocks!r}")
+        if new_blocks is not None:
+            check_new_blocks(new_blocks, transformer.config.max_blocks)
         for name, module in (("vae", vae), ("transformer", transformer), ("weak_transformer", weak_transformer)):
             weights = {} if module is None else module.state_dict()
             bad = next((k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()), None)

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline, check_new_blocks
 from ldlm.pipelines.text import check_text, ngram_overlap, ngram_set
 
 
@@ -57,8 +57,7 @@ class LongGeneration:
         window = pipe.transformer.config.max_blocks
         if new_blocks is None:
             new_blocks = pipe.config.get("new_blocks") or max(1, window // 2)
-        if not isinstance(new_blocks, int) or not 1 <= new_blocks <= window:
-            raise ValueError(f"new_blocks must be an integer in 1..{window} (the transformer's window)")
+        check_new_blocks(new_blocks, window)
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         if not isinstance(num_documents, int) or num_documents < 1:
