@@ -57,6 +57,33 @@ def test_resume_continues_from_last_checkpoint(teacher_dirs, tmp_path):
     assert max(steps) >= 140 and min(s for s in steps if s > 100) < 130  # steps 100..150 logged after resume
 
 
+def test_a_run_copied_to_a_new_folder_resumes_there_and_keeps_writing_last(teacher_dirs, tmp_path):
+    import shutil
+
+    from ldlm.training.checkpoint_io import load_tree
+
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    train_vae(_config(teacher_dirs["mistral"], first, "align.weight=0", "train.max_steps=40",
+                      "train.checkpoint_every=20"))
+    shutil.copytree(first, moved)
+    train_vae(_config(teacher_dirs["mistral"], moved, "align.weight=0", "train.max_steps=60",
+                      "train.checkpoint_every=20"))
+    files = sorted(p.name for p in (moved / "checkpoints").iterdir())
+    assert not [f for f in files if f.startswith("last-")], files
+    assert load_tree(moved / "checkpoints" / "last.safetensors")["global_step"] == 60
+    assert load_tree(first / "checkpoints" / "last.safetensors")["global_step"] == 40
+
+
+def test_a_fresh_run_sets_the_earlier_last_checkpoint_aside(teacher_dirs, tmp_path):
+    from ldlm.training.checkpoint_io import load_tree
+
+    out = tmp_path / "run"
+    train_vae(_config(teacher_dirs["mistral"], out, "align.weight=0", "train.max_steps=30"))
+    train_vae(_config(teacher_dirs["mistral"], out, "align.weight=0", "train.max_steps=20", "train.resume=false"))
+    assert load_tree(out / "checkpoints" / "last.1.safetensors")["global_step"] == 30
+    assert load_tree(out / "checkpoints" / "last.safetensors")["global_step"] == 20
+
+
 def test_alignment_off_needs_no_features(teacher_dirs, tmp_path):
     out = tmp_path / "run"
     train_vae(_config(teacher_dirs["qwen3"], out, "align.weight=0", "train.max_steps=60"))

@@ -103,12 +103,14 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
         callbacks: list[L.Callback] = (), strategy=None) -> L.Trainer:
     """Train ``module`` on ``data`` as ``cfg`` says (resuming from the last checkpoint when ``cfg.resume``; under
     ``cfg.early_stop`` also keeping ``best.safetensors`` and stopping after that many validations without a better
-    ``val/loss``; a fresh run sets an earlier run's log and best checkpoint aside), write a checkpoint of the final step
+    ``val/loss``; a fresh run sets an earlier run's log, best and last checkpoints aside), write a checkpoint of the final step
     and ``metrics.json`` (first process), and return the trainer."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     ckpt_dir = out / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.checkpoint_every)
+    # no version counter: a run copied to a new folder and resumed there keeps writing last.safetensors
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.checkpoint_every,
+                                 enable_version_counter=False)
     callbacks = [checkpoint, *callbacks]
     if cfg.early_stop:
         best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
@@ -121,8 +123,8 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
     last = ckpt_dir / "last.safetensors"
     resume = cfg.resume and last.is_file()
     if not resume and rank_zero_only.rank == 0:
-        set_aside(out / "logs" / "metrics.csv")
-        set_aside(ckpt_dir / "best.safetensors")
+        for earlier in (out / "logs" / "metrics.csv", ckpt_dir / "best.safetensors", last):
+            set_aside(earlier)
     trainer = L.Trainer(
         max_steps=cfg.max_steps, max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
@@ -134,9 +136,11 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
     if trainer.is_global_zero:
         tidy_checkpoints(ckpt_dir)
     with warnings.catch_warnings():
-        if resume:  # what Lightning says about every resume here: expected, as the run is built to resume so
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # expected here: a fresh run has set the earlier run's files aside, and a resumed one is meant to continue
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        if resume:  # what Lightning says about resumes, a run copied to a new folder included
             warnings.filterwarnings("ignore", message=r".*checkpoint that ended before the epoch ended")
+            warnings.filterwarnings("ignore", message=r"The dirpath has changed")
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     trainer.save_checkpoint(last)  # the final step too (a time limit stops between periodic checkpoints)
     if trainer.is_global_zero:
