@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from ldlm.data.corpus import read_corpus, restaurant_sentences
 from ldlm.data.token_blocks import split_documents, to_blocks, tokenize
@@ -40,6 +41,22 @@ def test_blocks_keep_document_positions(tokenizer):
         assert blocks.block_index[rows].tolist() == list(range(int(rows.sum())))
         flat = blocks.input_ids[rows][blocks.attention_mask[rows].bool()].tolist()
         assert flat == doc and flat[-1] == tokenizer.eos_token_id
+
+
+def test_neighbours_stay_in_their_document_with_an_end_block_after_it():
+    from ldlm.data.token_blocks import AFTER_END, BEFORE_START
+
+    docs = [list(range(10, 30)) + [1], [40, 41, 1]]  # 3 blocks of 8 and 1 block; EOS is 1, pad 0
+    blocks = to_blocks(docs, 8, 0)
+    assert blocks.neighbour_index(1).tolist() == [[BEFORE_START, 1], [0, 2], [1, AFTER_END], [BEFORE_START, AFTER_END]]
+    assert blocks.neighbour_index(2)[1].tolist() == [BEFORE_START, 0, 2, AFTER_END]
+    blocks.add_context(1, eos_id=1, pad_id=0)
+    assert torch.equal(blocks.context_ids[1], blocks.input_ids[[0, 2]])
+    assert blocks.context_ids[2, 1].tolist() == [1] + [0] * 7 and blocks.context_mask[2, 1].tolist() == [1] + [0] * 7
+    assert blocks.context_mask[0, 0].sum() == 0 and blocks.context_mask[3, 0].sum() == 0
+    second = blocks.subset(torch.tensor([3]))
+    assert torch.equal(second[0]["context_ids"], blocks.context_ids[3])
+    assert torch.equal(second.neighbour_index(1), torch.tensor([[BEFORE_START, AFTER_END]]))
 
 
 def test_split_is_deterministic_and_disjoint():

@@ -115,7 +115,7 @@ def test_without_eos_padding_and_eos_are_dropped_and_only_a_silent_model_ends(ma
 
     run = LongGeneration(pipe, "Zizzi is a cheap pub near the river", max_tokens=100, new_blocks=1,
                          stop_at_eos=False, max_repeat=1.0, patience=2)
-    run._group, run._ids = draw, lambda group: [blocks[next(drawn)]]
+    run._group, run._ids = draw, lambda group, context: [blocks[next(drawn)]]
     texts = [chunk for (chunk,) in run]
     # the context (5 blocks at most, 1 written) halves after each all-EOS group, 5 → 2 → 1 → 0 blocks; then 2 more
     # groups with none and nothing held end it
@@ -140,7 +140,7 @@ def test_without_eos_the_document_goes_on_from_its_own_text(make_pipeline):
         held_seen.append(held)
         return torch.zeros(1, cfg.latents_per_block, cfg.latent_channels)
 
-    def ids(group):  # the model writes the held tokens, the sentence and an end-of-text, cut to one block
+    def ids(group, context):  # the model writes the held tokens, the sentence and an end-of-text, cut to one block
         partial = list(held_seen[-1][0].values())[0] if held_seen[-1] and held_seen[-1][0] else []
         row = (partial + words + [cfg.eos_token_id] + [cfg.pad_token_id] * cfg.block_length)[: cfg.block_length]
         return [row]
@@ -159,3 +159,15 @@ def test_a_prompt_longer_than_max_tokens_ends_the_document(make_pipeline):
     run = LongGeneration(make_pipeline(), PROMPT, max_tokens=5, new_blocks=2, num_inference_steps=2)
     text = "".join(chunk for (chunk,) in run)
     assert text == PROMPT and run.stop_reasons == ["length"]
+
+
+def test_a_context_decoder_reads_each_group_after_the_last_context_block(make_pipeline):
+    pipe = make_pipeline()
+    pipe.vae = pipe.vae.with_context(1).eval()
+    cfg = pipe.vae.config
+    k = cfg.latents_per_block
+    context, group = torch.randn(2, 3 * k, cfg.latent_channels), torch.randn(2, 2 * k, cfg.latent_channels)
+    run = LongGeneration(pipe, None, max_tokens=10, new_blocks=2)
+    expected = pipe.vae.decode_sequence(torch.cat([context[:, -k:], group], 1))[:, cfg.block_length :]
+    assert run._ids(group, context) == expected.tolist()
+    assert run._ids(group, context[:, :0]) == pipe.vae.decode_sequence(group).tolist()  # no context yet

@@ -25,29 +25,27 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
-        'Clowns is a moderately priced, customer rating and is English coffee shop with The Bakers.',
-        'Fitzbillies is family-friendly serving English food and is near Crowne Plaza Hotel and is a '
-        'restaurant.',
-        'The Golden Palace is a Express, adult Express by Holiday Inn city serving Chinese food. It is '
-        'located preferred and an kid located in the centre.',
+        'Clowns is a moderately priced, customer rating and has English coffee shop with The Bakers.',
+        'Fitzbillies is family-friendly serving English food and is near Crowne Plaza Hotel and a a restaurant.',
+        'The Golden Palace is a pub, adult Express by Holiday Inn trick serving Chinese food. It is located '
+        'rated and is kid located in the city.',
     ]
 
 
 def test_autoguidance_off(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0), autoguidance=1).texts == [
-        'Clowns is a expensive price range a restaurant that serves English coffee shop with The Bakers.',
-        'ightly rating,ande has family-friendly serves English food and is The Acrest Plaza Hotel and is a '
+        'Clowns is a moderate price range a restaurant that serves English coffee shop with The Bakers.',
+        'Family rating, affordable is family-friendly serves English food and is The Wrest Plaza Hotel and a a '
         'rating.',
-        'The Golden Palace is a expression from coffee shop with Holiday rating average prices Chinese food. '
-        'It is located range and a price friendly for less..',
+        'The Golden Palace is a sorts and coffee shop by Holiday rating average prices Chinese food. It is '
+        'located range and is price friendly for less..',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Clowns is a moderate priced, customer rating and is English coffee shop with The Bakers.',
-        'Fitzbillies is family-friendly serving English food and is near Crowne Plaza Hotel and has low '
-        'rating.',
+        'Clowns is a moderately priced, customer rating and is English coffee shop with The Bakers.',
+        'Fitzbillies is family-friendly serving English food and is near Crowne Plaza Hotel and a low rating.',
     ]
 
 
@@ -55,22 +53,20 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high low to '
-        'Welcome. that',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high- differences '
-        'Rough. The 3 out of 5 out of 5 on they not it is a average price.',
-        'Zizzi is a moderately rated coffee. The coffee shop near Café Sic restaurant X foreignger food can '
-        'be found.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer rating, '
+        'with a 3 out of 5 out of 5. they it again is a average price.',
+        'Zizzi is a rated, pub but It is located near Café Sicilia with a rivers sites can be found.',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. restaurant. It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. Protocols center It is family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.   The. It serves Chinese food. The '
-        'Indian food and a moderatelyrestfelt. It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. with  ratings. It serves Chinese '
+        'food. The Indian food with a moderatelyrestpress. It is family friendly.',
     ]
 
 
@@ -78,21 +74,27 @@ def test_long_generation_groups(pipe):
     run = LongGeneration(pipe, "The Eagle is", max_tokens=40, num_documents=2, new_blocks=2, num_inference_steps=3,
                          generator=_seeded(4))
     assert list(run) == [
-        ['', ''],
         [
-            'The Eagle is a customer located in  centre with coffee shop located in city centre and is and '
-            'through, is unite and Express coffee shop with is a. The',
-            'The Eagle is Raja life, the city pub in a rivers close, in Holiday centre. The rating',
+            '',
+            '',
         ],
-        ['', ''],
+        [
+            'The Eagle is a aside serving, price range, near venue for and city center.  called wide, is '
+            'agreeing to sequencing coffee Basilica is is a.\n',
+            'The Eagle is moderate endings persons and a aside 5. service.',
+        ],
+        [
+            ' partial Holiday Inn is not family friendly.',
+            '',
+        ],
     ]
 
 
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        ' Express that serves Italian. is by there love in of the a books which more of Italian restaurant. '
-        "could's area at a an food range of $20",
+        ' clients, serves Italian, in food only your me of the a, near partial, Italian food. they have '
+        'associated  in  price ranges, tradition-unsqueeze',
     ]
 
 
@@ -100,5 +102,5 @@ def test_vae_round_trip(pipe):
     text = "Loch Fyne serves English food in the riverside area near The Rice Boat."
     latents = pipe.vae.encode_text([text], pipe.tokenizer)[0]
     assert pipe.vae.decode_text(latents[None], pipe.tokenizer) == [
-        'Mromiy shop serves English food in the riverside area near Theurn Plaza.',
+        'Lippiy area serves English food in the riverside area near The ship Bahamas.',
     ]

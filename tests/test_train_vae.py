@@ -7,7 +7,7 @@ import torch
 from ldlm.evaluation.reconstruction import reconstruction_metrics
 from ldlm.training.config import VAEExperiment, load_config
 from ldlm.training.vae_trainer import train_vae
-from ldlm.vae.model import TextVAE
+from ldlm.vae.model import ENCODER_PARTS, TextVAE
 
 
 def _config(teacher_dir: str, out, *extra: str):
@@ -116,6 +116,39 @@ def test_decoder_fine_tuning_keeps_the_encoder_and_its_statistics(teacher_dirs, 
     assert encoder and decoder
     assert all(torch.equal(before[k], after[k]) for k in encoder + ["latent_mean", "latent_std", "token_table"])
     assert not all(torch.equal(before[k], after[k]) for k in decoder)
+
+
+def test_a_decoder_without_context_is_fine_tuned_into_one_that_reads_its_neighbours(teacher_dirs, tokenizer, tmp_path):
+    from ldlm.align.teacher import pad_id_of
+    from ldlm.data.corpus import restaurant_sentences
+    from ldlm.data.token_blocks import to_blocks, tokenize
+    from ldlm.evaluation.reconstruction import reconstruction_metrics
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    train_vae(_config(teacher_dirs["qwen3"], first, "align.weight=0", "train.max_steps=60"))
+    train_vae(_config(teacher_dirs["qwen3"], second, "align.weight=0", "train.max_steps=60", f"init={first}",
+                      "model.freeze_encoder=true", "model.context_blocks=1"))
+    before, after = TextVAE.from_pretrained(first / "vae"), TextVAE.from_pretrained(second / "vae")
+    assert after.config.context_blocks == 1
+    kept = before.state_dict()
+    assert all(torch.equal(kept[k], after.state_dict()[k]) for k in kept if k.split(".")[0] in ENCODER_PARTS)
+    blocks = to_blocks(tokenize(restaurant_sentences(20, seed=5), tokenizer), 8, pad_id_of(tokenizer))
+    metrics = reconstruction_metrics(after.eval(), blocks)
+    assert metrics["acc_all"] > reconstruction_metrics(before.eval(), blocks)["acc_all"] - 0.05
+    z = after.encode(blocks.input_ids, blocks.attention_mask)
+    alone = after.decode_ids(z)
+    read = after.decode_ids(z, z[blocks.neighbour_index(1).clamp(min=0)], blocks.neighbour_index(1) >= 0)
+    assert not torch.equal(alone, read)  # the context weights are live
+
+
+def test_an_init_that_already_reads_a_different_context_is_refused(teacher_dirs, tmp_path):
+    from ldlm.errors import LdlmError
+
+    first = tmp_path / "first"
+    train_vae(_config(teacher_dirs["qwen3"], first, "align.weight=0", "train.max_steps=5", "model.context_blocks=1"))
+    with pytest.raises(LdlmError, match="context_blocks=1"):
+        train_vae(_config(teacher_dirs["qwen3"], tmp_path / "run", "align.weight=0", f"init={first}",
+                          "model.context_blocks=2"))
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -88,3 +88,45 @@ def test_snap_sequence_re_encodes_the_decoded_tokens_masked_after_eos():
     assert torch.equal(sent_ids, ids)
     assert sent_mask[0].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
     assert sent_mask[1:].all()
+
+
+def test_a_context_decoder_reads_present_neighbours_and_ignores_absent_ones():
+    vae = _vae(context_blocks=1)
+    z, neighbours = torch.randn(1, 2, 6), torch.randn(1, 2, 2, 6)
+    present = torch.tensor([[True, False]])
+    states = vae.decoder_states(z, neighbours, present)
+    changed = neighbours.clone()
+    changed[:, 1] += 5  # the absent one (after the block)
+    torch.testing.assert_close(vae.decoder_states(z, changed, present), states, rtol=0, atol=1e-6)
+    changed[:, 0] += 5  # the present one (before the block)
+    assert (vae.decoder_states(z, changed, present) - states).abs().max() > 1e-3
+    alone = vae.decoder_states(z, neighbours, torch.zeros_like(present))
+    torch.testing.assert_close(vae.decoder_states(z), alone, rtol=0, atol=1e-6)
+
+
+def test_sequence_decoding_gives_each_block_its_neighbours_in_the_sequence():
+    vae = _vae(context_blocks=1)
+    latents = torch.randn(2, 3 * 2, 6)  # 2 sequences of 3 blocks, standardized
+    blocks = vae.unstandardize(latents).reshape(2, 3, 2, 6)
+    zero = torch.zeros(2, 6)
+    for row in range(2):
+        for i in range(3):
+            before = blocks[row, i - 1] if i > 0 else zero
+            after = blocks[row, i + 1] if i < 2 else zero
+            present = torch.tensor([[i > 0, i < 2]])
+            expected = vae.decode_ids(blocks[row, i][None], torch.stack([before, after])[None], present)[0]
+            assert torch.equal(vae.decode_sequence(latents)[row, i * 8 : (i + 1) * 8], expected)
+    assert vae.sequence_states(latents).shape == (2, 24, 16)
+
+
+def test_with_context_keeps_every_weight_and_refuses_a_second_extension():
+    import pytest
+
+    vae = _vae()
+    extended = vae.with_context(1)
+    assert extended.config.context_blocks == 1
+    kept = extended.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in vae.state_dict().items())
+    assert {k for k in kept if k not in vae.state_dict()} == {"from_context.weight", "from_context.bias", "context_pos"}
+    with pytest.raises(ValueError, match="already reads"):
+        extended.with_context(1)

@@ -27,6 +27,12 @@ def _stack(d_model: int, heads: int, layers: int, dropout: float) -> nn.Transfor
 
 
 ENCODER_PARTS = ("embed_in", "pad_embedding", "mask_embedding", "enc_pos", "encoder", "enc_norm", "to_moments")
+CONTEXT_PARTS = ("from_context", "context_pos")
+
+
+def context_offsets(context_blocks: int) -> list[int]:
+    """Where a block's neighbours sit, in the order the decoder reads them: −c … −1, +1 … +c."""
+    return [*range(-context_blocks, 0), *range(1, context_blocks + 1)]
 
 
 class TextVAE(ModelMixin, ConfigMixin):
@@ -35,7 +41,9 @@ class TextVAE(ModelMixin, ConfigMixin):
     Tokens are represented through a fixed table derived from the teacher's input embeddings (PCA), used for both
     input and output (logits are negative squared distances to every row), so no parameter belongs to a single
     token: a token never seen in training still has a meaningful embedding and can be reconstructed. Latent ``k``
-    is produced from the encoder states of its own span of ``L // K`` tokens.
+    is produced from the encoder states of its own span of ``L // K`` tokens. With ``context_blocks`` c > 0 the
+    decoder of each block also attends to the latents of the c blocks on either side (one decoder position per
+    latent), so block boundaries and noisy latents are read in context; a neighbour may be absent.
     """
 
     @register_to_config
@@ -53,6 +61,7 @@ class TextVAE(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         eos_token_id: int = 0,
         pad_token_id: int = 0,
+        context_blocks: int = 0,
     ) -> None:
         super().__init__()
         if block_length % latents_per_block:
@@ -73,12 +82,27 @@ class TextVAE(ModelMixin, ConfigMixin):
         self.decoder = _stack(d_model, heads, decoder_layers, dropout)
         self.dec_norm = nn.LayerNorm(d_model)
         self.embed_out = nn.Linear(d_model, d_embed)
+        if context_blocks:
+            self.from_context = nn.Linear(latent_channels, d_model)
+            self.context_pos = nn.Parameter(torch.randn(2 * context_blocks * latents_per_block, d_model) * 0.02)
 
     def freeze_encoder(self) -> None:
         """Stop gradients to every encoder weight, so training moves the decoder only and the latent code stays."""
         for name, param in self.named_parameters():
             if name.split(".")[0] in ENCODER_PARTS:
                 param.requires_grad_(False)
+
+    def with_context(self, context_blocks: int) -> "TextVAE":
+        """This VAE with a decoder that also reads ``context_blocks`` neighbours on either side: every weight is kept,
+        the new context weights start fresh. Only a VAE without context can be extended."""
+        if self.config.context_blocks:
+            raise ValueError(f"this VAE's decoder already reads {self.config.context_blocks} neighbours")
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        vae = TextVAE(**{**config, "context_blocks": context_blocks}).to(self.device)
+        missing, unexpected = vae.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any(key.split(".")[0] not in CONTEXT_PARTS for key in missing):
+            raise ValueError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
+        return vae if vae.dtype == self.dtype else vae.to(self.dtype)
 
     def set_token_table(self, teacher_embeddings: torch.Tensor) -> None:
         """Fill the fixed token table from the teacher's input embedding matrix (V, H)."""
@@ -116,11 +140,24 @@ class TextVAE(ModelMixin, ConfigMixin):
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + (0.5 * logvar).exp() * noise
 
-    def decoder_states(self, latents: torch.Tensor) -> torch.Tensor:
-        """Decoder output in token-table space (B, L, d_embed)."""
-        b = latents.shape[0]
-        x = self.from_latent(latents).reshape(b, self.config.block_length, -1) + self.dec_pos
-        return self.embed_out(self.dec_norm(self.decoder(x)))
+    def decoder_states(self, latents: torch.Tensor, neighbours: torch.Tensor | None = None,
+                       present: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder output in token-table space (B, L, d_embed) of block latents (B, K, C) in VAE units. A context
+        decoder also reads ``neighbours`` (B, 2c, K, C), the latents of the blocks at :func:`context_offsets`, where
+        ``present`` (B, 2c) is True; given none, the block is read alone."""
+        cfg = self.config
+        b, length = latents.shape[0], cfg.block_length
+        x = self.from_latent(latents).reshape(b, length, -1) + self.dec_pos
+        if not cfg.context_blocks:
+            return self.embed_out(self.dec_norm(self.decoder(x)))
+        slots = 2 * cfg.context_blocks
+        if neighbours is None:
+            neighbours = latents.new_zeros(b, slots, *latents.shape[1:])
+            present = torch.zeros(b, slots, dtype=torch.bool, device=latents.device)
+        context = self.from_context(neighbours.flatten(1, 2)) + self.context_pos
+        absent = torch.cat([present.new_zeros(b, length), ~present.repeat_interleave(cfg.latents_per_block, 1)], 1)
+        h = self.decoder(torch.cat([x, context], 1), src_key_padding_mask=absent)[:, :length]
+        return self.embed_out(self.dec_norm(h))
 
     def logits(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """Negative squared distances (up to a per-position constant) to every table row, or to ``candidates`` (a
@@ -130,13 +167,15 @@ class TextVAE(ModelMixin, ConfigMixin):
         flat = torch.addmm(table.pow(2).sum(-1).neg(), states.reshape(-1, states.shape[-1]), table.T, alpha=2)
         return flat.reshape(*states.shape[:-1], -1)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Token logits (B, L, V) for latents (B, K, C)."""
-        return self.logits(self.decoder_states(latents))
+    def decode(self, latents: torch.Tensor, neighbours: torch.Tensor | None = None,
+               present: torch.Tensor | None = None) -> torch.Tensor:
+        """Token logits (B, L, V) for latents (B, K, C) (neighbours as for :meth:`decoder_states`)."""
+        return self.logits(self.decoder_states(latents, neighbours, present))
 
-    def decode_ids(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_ids(self, latents: torch.Tensor, neighbours: torch.Tensor | None = None,
+                   present: torch.Tensor | None = None) -> torch.Tensor:
         """Most likely token ids (B, L)."""
-        return self.decode(latents).argmax(-1)
+        return self.decode(latents, neighbours, present).argmax(-1)
 
     def standardize(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE units → per-channel zero mean, unit variance (measured on the training set)."""
@@ -154,18 +193,27 @@ class TextVAE(ModelMixin, ConfigMixin):
         latents = self.standardize(self.encode(blocks, mask)).float()
         return latents.reshape(len(input_ids), -1, cfg.latent_channels)
 
-    def _blocks(self, latents: torch.Tensor) -> torch.Tensor:
-        """Standardized sequences (B, N, C) → block latents (B · N / K, K, C) in VAE units and the VAE's dtype."""
+    def _blocks(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Standardized sequences (B, N, C) → block latents (B · N / K, K, C) in VAE units and the VAE's dtype, with
+        each block's neighbours in its sequence and where they exist (None, None for a decoder without context)."""
         cfg = self.config
-        return self.unstandardize(latents).reshape(-1, cfg.latents_per_block, cfg.latent_channels).to(self.dtype)
+        blocks = self.unstandardize(latents).reshape(len(latents), -1, cfg.latents_per_block, cfg.latent_channels)
+        blocks = blocks.to(self.dtype)
+        if not cfg.context_blocks:
+            return blocks.flatten(0, 1), None, None
+        n = blocks.shape[1]
+        index = torch.arange(n, device=latents.device)[:, None] + torch.tensor(
+            context_offsets(cfg.context_blocks), device=latents.device)
+        present = ((index >= 0) & (index < n)).expand(len(blocks), -1, -1)
+        return blocks.flatten(0, 1), blocks[:, index.clamp(0, n - 1)].flatten(0, 1), present.flatten(0, 1)
 
     def sequence_states(self, latents: torch.Tensor) -> torch.Tensor:
         """Decoder states (B, N / K · L, d_embed) of standardized latent sequences (B, N, C), differentiable."""
-        return self.decoder_states(self._blocks(latents)).reshape(len(latents), -1, self.config.d_embed)
+        return self.decoder_states(*self._blocks(latents)).reshape(len(latents), -1, self.config.d_embed)
 
     def decode_sequence(self, latents: torch.Tensor) -> torch.Tensor:
         """Most likely token ids (B, N / K · L) of standardized latent sequences (B, N, C)."""
-        return self.decode_ids(self._blocks(latents)).reshape(len(latents), -1)
+        return self.decode_ids(*self._blocks(latents)).reshape(len(latents), -1)
 
     def snap_sequence(self, latents: torch.Tensor) -> torch.Tensor:
         """Standardized latent sequences (B, N, C) moved onto the code: decoded to their most likely tokens and

@@ -18,6 +18,9 @@ from ldlm.align.teacher import FrozenTeacher, load_tokenizer, pad_id_of
 from ldlm.data.corpus import read_corpus
 from ldlm.training.config import DataConfig, TeacherConfig, VAEExperiment
 from ldlm.vae.blocks import split_into_blocks
+from ldlm.vae.model import context_offsets
+
+BEFORE_START, AFTER_END = -1, -2  # neighbour_index's codes for a neighbour outside the document
 
 
 @dataclass
@@ -29,20 +32,44 @@ class BlockSet(Dataset):
     doc_id: torch.Tensor  # (N,)
     block_index: torch.Tensor  # (N,)
     features: torch.Tensor | None = None  # (N, layers, K, H) standardized teacher features, fp16
+    context_ids: torch.Tensor | None = None  # (N, 2c, L) the blocks at context_offsets(c) (see add_context)
+    context_mask: torch.Tensor | None = None  # (N, 2c, L) all zero where a neighbour is absent
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i]}
-        if self.features is not None:
-            item["features"] = self.features[i]
+        for name in ("features", "context_ids", "context_mask"):
+            if getattr(self, name) is not None:
+                item[name] = getattr(self, name)[i]
         return item
 
     def subset(self, index: torch.Tensor) -> "BlockSet":
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return BlockSet(*(pick(getattr(self, f)) for f in ("input_ids", "attention_mask", "doc_id", "block_index",
-                                                            "features")))
+                                                            "features", "context_ids", "context_mask")))
+
+    def neighbour_index(self, context_blocks: int) -> torch.Tensor:
+        """(N, 2c): the index of each block's neighbour at each of :func:`context_offsets` in the same document;
+        ``BEFORE_START`` before its first block, ``AFTER_END`` after its last (where a DiT writes end-of-text
+        blocks). A document's blocks must be consecutive and in order, as :func:`to_blocks` and ``subset`` keep them."""
+        offsets = torch.tensor(context_offsets(context_blocks))
+        index = torch.arange(len(self))[:, None] + offsets
+        inside = self.doc_id[index.clamp(0, len(self) - 1)] == self.doc_id[:, None]
+        inside &= (index >= 0) & (index < len(self))
+        outside = torch.where(offsets < 0, BEFORE_START, AFTER_END).expand_as(index)
+        return torch.where(inside, index, outside)
+
+    def add_context(self, context_blocks: int, eos_id: int, pad_id: int) -> None:
+        """Fill ``context_ids``/``context_mask``: each block's neighbours, an end-of-text block after a document's
+        last block, none (an all-zero mask) before its first."""
+        index = self.neighbour_index(context_blocks)
+        end_ids, end_mask = split_into_blocks([], self.input_ids.shape[1], eos_id, pad_id)
+        ids = torch.cat([self.input_ids, end_ids, torch.full_like(end_ids, pad_id)])
+        mask = torch.cat([self.attention_mask, end_mask, torch.zeros_like(end_mask)])
+        rows = torch.where(index == AFTER_END, len(self), torch.where(index == BEFORE_START, len(self) + 1, index))
+        self.context_ids, self.context_mask = ids[rows], mask[rows]
 
 
 def tokenize(texts: list[str], tokenizer) -> list[list[int]]:
@@ -158,13 +185,16 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool
 
 
 class BlockDataModule(L.LightningDataModule):
-    """Train/val blocks of the configured corpora, with standardized teacher features when ``teacher`` is given."""
+    """Train/val blocks of the configured corpora, with standardized teacher features when ``teacher`` is given and
+    each block's ``context_blocks`` neighbours on either side when that is > 0."""
 
     def __init__(self, cfg: DataConfig, tokenizer, batch_size: int, latents_per_block: int,
-                 teacher: FrozenTeacher | None = None, teacher_cfg: TeacherConfig | None = None) -> None:
+                 teacher: FrozenTeacher | None = None, teacher_cfg: TeacherConfig | None = None,
+                 context_blocks: int = 0) -> None:
         super().__init__()
         self.cfg, self.tokenizer, self.batch_size = cfg, tokenizer, batch_size
         self.latents_per_block, self.teacher, self.teacher_cfg = latents_per_block, teacher, teacher_cfg
+        self.context_blocks = context_blocks
         self.train_set: BlockSet | None = None
         self.val_set: BlockSet | None = None
 
@@ -177,6 +207,8 @@ class BlockDataModule(L.LightningDataModule):
             feats = teacher_block_features(self.teacher, self.tokenizer, documents, self.teacher_cfg,
                                            self.cfg.block_length, self.latents_per_block)
             blocks.features = feats
+        if self.context_blocks:
+            blocks.add_context(self.context_blocks, self.tokenizer.eos_token_id, pad_id_of(self.tokenizer))
         train_docs, val_docs = split_documents(len(documents), self.cfg.val_fraction, self.cfg.seed)
         is_val = torch.zeros(len(documents), dtype=torch.bool)
         is_val[val_docs] = True

@@ -11,26 +11,38 @@ import torch
 
 from ldlm.align.teacher import pad_id_of
 from ldlm.data.corpus import read_corpus
-from ldlm.data.token_blocks import to_blocks, tokenize, training_documents
+from ldlm.data.token_blocks import AFTER_END, BEFORE_START, to_blocks, tokenize, training_documents
 from ldlm.evaluation.metrics import corpus_bleu
 from ldlm.pipelines.loading import load_vae, vae_folder
 from ldlm.training.config import VAEExperiment, load_config
+from ldlm.vae.blocks import split_into_blocks
 from ldlm.vae.model import TextVAE
 
 
 @torch.no_grad()
 def reconstructed_ids(vae: TextVAE, blocks, noise: float = 0.0, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
     """Greedy token ids (n, L) of every block decoded from its posterior mean plus ``noise``·σ Gaussian noise
-    (standardized units)."""
+    (standardized units); a context decoder reads each block with its noisy neighbours in the same document and an
+    end-of-text block after the document's last."""
     vae.eval()
     generator = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, len(blocks), batch_size):
-        z = vae.encode(blocks.input_ids[start : start + batch_size].to(vae.device),
-                       blocks.attention_mask[start : start + batch_size].to(vae.device))
+    end = split_into_blocks([], vae.config.block_length, vae.config.eos_token_id, vae.config.pad_token_id)
+    latents = []
+    for ids, mask in [*zip(blocks.input_ids.split(batch_size), blocks.attention_mask.split(batch_size)), end]:
+        z = vae.encode(ids.to(vae.device), mask.to(vae.device))
         if noise > 0:
             z = z + noise * vae.latent_std * torch.randn(z.shape, generator=generator).to(z.device)
-        out.append(vae.decode_ids(z).cpu())
+        latents.append(z)
+    latents = torch.cat(latents)  # the last row: the end-of-text block
+    if vae.config.context_blocks:
+        index = blocks.neighbour_index(vae.config.context_blocks).to(vae.device)
+        present = index != BEFORE_START
+        neighbours = latents[torch.where(index == AFTER_END, len(blocks), index.clamp(min=0))]
+    out = []
+    for start in range(0, len(blocks), batch_size):
+        part = slice(start, min(start + batch_size, len(blocks)))
+        context = (neighbours[part], present[part]) if vae.config.context_blocks else ()
+        out.append(vae.decode_ids(latents[part], *context).cpu())
     return torch.cat(out)
 
 

@@ -215,9 +215,12 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         k = cfg.latents_per_block
         x0 = x0.clone()
         for row, blocks in enumerate(held):
+            if not blocks:
+                continue
+            decoded = self.vae.decode_sequence(x0[row : row + 1])[0].view(-1, cfg.block_length)  # in context
             for index, ids in blocks.items():
                 span = slice(index * k, (index + 1) * k)
-                block = self.vae.decode_sequence(x0[row : row + 1, span])[0]
+                block = decoded[index].clone()
                 block[: len(ids)] = torch.tensor(ids, device=block.device)
                 eos = (block == cfg.eos_token_id).nonzero()
                 mask = torch.ones_like(block)

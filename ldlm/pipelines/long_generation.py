@@ -98,8 +98,12 @@ class LongGeneration:
         mask[:, :c] = True
         return pipe.denoise(known, mask, held, **self.sampling)[:, c:]
 
-    def _ids(self, latents: torch.Tensor) -> list[list[int]]:
-        return self.pipe.vae.decode_sequence(latents).tolist()
+    def _ids(self, latents: torch.Tensor, context: torch.Tensor) -> list[list[int]]:
+        """Token ids of a group's blocks, decoded after the context blocks a context decoder reads."""
+        cfg = self.pipe.vae.config
+        before = context[:, max(0, context.shape[1] - cfg.context_blocks * cfg.latents_per_block) :]
+        ids = self.pipe.vae.decode_sequence(torch.cat([before, latents], dim=1))
+        return ids[:, before.shape[1] // cfg.latents_per_block * cfg.block_length :].tolist()
 
     @torch.no_grad()
     def fixed_ids(self, tokens: int) -> torch.Tensor:
@@ -111,7 +115,7 @@ class LongGeneration:
         rows: list[list[int]] = [[] for _ in range(self.num_documents)]
         for _ in range(-(-tokens // (self.new_blocks * cfg.block_length))):
             latents = self._group(context, None)
-            for row, ids in zip(rows, self._ids(latents)):
+            for row, ids in zip(rows, self._ids(latents, context)):
                 row.extend(ids)
             context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
         return torch.tensor(rows)[:, :tokens]
@@ -202,7 +206,7 @@ class LongGeneration:
         best = None
         for attempt in range(self.retries + 1):
             latents = self._group(context, held)
-            ids = self._ids(latents)
+            ids = self._ids(latents, context)
             overlap = torch.tensor([repeated_share(self._clean(row[skip:]), list(h))
                                     for row, h, skip in zip(ids, histories, skips)])
             active = torch.tensor([r is None for r in self.stop_reasons])

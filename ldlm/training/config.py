@@ -75,6 +75,8 @@ class ModelConfig:
     decoder_layers: int = 3
     dropout: float = 0.0
     freeze_encoder: bool = False  # train the decoder only (with ``init``): the latent code and its statistics stay
+    context_blocks: int = 0  # the decoder also reads the latents of this many blocks on either side (an init without
+    # them gets fresh context weights)
 
 
 @dataclass
@@ -85,6 +87,7 @@ class LossConfig:
     latent_dropout: float = 0.05  # whole latent vectors zeroed before decoding
     latent_noise: float = 0.3  # max σ (standardized units) of Gaussian noise added to latents
     negatives: int = 2048  # unseen-vocabulary tokens sampled as extra softmax negatives per step
+    context_dropout: float = 0.1  # probability a neighbour block is hidden from a context decoder while training
 
 
 @dataclass
@@ -139,6 +142,10 @@ class VAEExperiment:
             raise LdlmError("data.block_length must be a multiple of model.latents_per_block")
         if self.model.freeze_encoder and self.init is None:
             raise LdlmError("model.freeze_encoder needs init: a trained VAE whose encoder to keep")
+        if self.model.context_blocks < 0:
+            raise LdlmError(f"model.context_blocks must be 0 or more, got {self.model.context_blocks}")
+        if not 0 <= self.loss.context_dropout < 1:
+            raise LdlmError(f"loss.context_dropout must be in [0, 1), got {self.loss.context_dropout}")
 
 
 @dataclass

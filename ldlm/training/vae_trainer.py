@@ -62,11 +62,33 @@ class TextVAEModule(L.LightningModule):
         pick = self.unseen[torch.randint(len(self.unseen), (count,), device=self.unseen.device)]
         return torch.cat([self.seen, pick]), self.lookup
 
+    def _latents(self, batch: dict[str, torch.Tensor], train: bool):
+        """Posterior (mean, log-variance) of the batch's blocks and the latents their decoder reads: each block's
+        own (B, K, C), and for a context decoder its neighbours' (B, 2c, K, C) and which of them it sees (B, 2c); the
+        neighbours are encoded with the blocks, perturbed alike, and each hidden at random while training."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        neighbours = present = None
+        if "context_ids" in batch:
+            present = batch["context_mask"].any(-1)
+            if train:
+                present &= torch.rand(present.shape, device=present.device) >= self.loss_cfg["context_dropout"]
+            context_mask = batch["context_mask"].clone()
+            context_mask[..., 0] = 1  # an absent neighbour is encoded as one pad token, and never read
+            ids = torch.cat([ids[:, None], batch["context_ids"]], 1).flatten(0, 1)
+            mask = torch.cat([mask[:, None], context_mask], 1).flatten(0, 1)
+        mean, logvar = self.vae.encode_distribution(ids, mask, self.loss_cfg["token_dropout"] if train else 0.0)
+        z = self._perturb(mean + (0.5 * logvar).exp() * torch.randn_like(mean)) if train else mean
+        if present is not None:
+            shape = (len(present), -1, *mean.shape[1:])
+            z = z.reshape(shape)
+            neighbours, z = z[:, 1:], z[:, 0]
+            mean, logvar = mean.reshape(shape)[:, 0], logvar.reshape(shape)[:, 0]
+        return mean, logvar, z, neighbours, present
+
     def _common_step(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        mean, logvar = self.vae.encode_distribution(ids, mask, self.loss_cfg["token_dropout"] if train else 0.0)
-        z = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if train else mean
-        states = self.vae.decoder_states(self._perturb(z) if train else z)[mask.bool()]
+        mean, logvar, z, neighbours, present = self._latents(batch, train)
+        states = self.vae.decoder_states(z, neighbours, present)[mask.bool()]
         targets = ids[mask.bool()]
         if train:
             candidates, lookup = self._candidates()
@@ -127,6 +149,7 @@ def build_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
         latents_per_block=m.latents_per_block, latent_channels=m.latent_channels, d_model=m.d_model,
         d_embed=m.d_embed, heads=m.heads, encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
         dropout=m.dropout, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id_of(tokenizer),
+        context_blocks=m.context_blocks,
     )
     vae.set_token_table(teacher.input_embeddings().cpu())
     return vae
@@ -137,6 +160,8 @@ def start_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
     if cfg.init is None:
         return build_vae(cfg, tokenizer, teacher)
     vae, _ = load_vae(cfg.init)
+    if cfg.model.context_blocks != vae.config.context_blocks:
+        vae = vae.with_context(cfg.model.context_blocks)
     vae.train().requires_grad_(True)
     if cfg.model.freeze_encoder:
         vae.freeze_encoder()
@@ -152,6 +177,9 @@ def check_init(cfg: VAEExperiment) -> None:
                        ("latent_channels", cfg.model.latent_channels)):
         if saved.get(key) != value:
             raise LdlmError(f"init: the VAE in {cfg.init} has {key}={saved.get(key)}, the config {value}")
+    if saved.get("context_blocks", 0) not in (0, cfg.model.context_blocks):
+        raise LdlmError(f"init: the VAE in {cfg.init} reads context_blocks={saved['context_blocks']}, the config "
+                        f"{cfg.model.context_blocks} (only a decoder without context can be given one)")
 
 
 def train_vae(cfg: VAEExperiment) -> Path | None:
@@ -167,7 +195,7 @@ def _prepare(cfg: VAEExperiment, out: Path) -> Job:
     teacher = FrozenTeacher(cfg.teacher.name, list(cfg.teacher.layers) if aligned else [0],
                             gguf_file=cfg.teacher.gguf_file, device_map=cfg.teacher.device_map)
     data = BlockDataModule(cfg.data, tokenizer, cfg.train.batch_size, cfg.model.latents_per_block,
-                           teacher if aligned else None, cfg.teacher)
+                           teacher if aligned else None, cfg.teacher, cfg.model.context_blocks)
     data.setup()
     data.teacher = None  # features are cached; free the teacher's layers
     module = TextVAEModule(start_vae(cfg, tokenizer, teacher), asdict(cfg), data.seen_tokens(),
