@@ -161,3 +161,28 @@ def test_bad_warm_start_is_refused_before_training(teacher_dirs, tmp_path, extra
     with pytest.raises(LdlmError, match=message):
         train_vae(_config(teacher_dirs["qwen3"], tmp_path / "run", "align.weight=0", *extra))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_training_step_hands_each_block_the_latents_of_its_own_neighbours(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ldlm.data.token_blocks import to_blocks
+    from ldlm.training.vae_trainer import TextVAEModule
+
+    torch.manual_seed(0)
+    vae = TextVAE(vocab_size=60, block_length=8, latents_per_block=2, latent_channels=6, d_model=32, d_embed=16,
+                  heads=2, encoder_layers=1, decoder_layers=1, eos_token_id=1, pad_token_id=0, context_blocks=1)
+    cfg = OmegaConf.to_container(_config("unused", tmp_path / "run", "align.weight=0", "model.context_blocks=1"))
+    module = TextVAEModule(vae.eval(), cfg, torch.arange(60), None)
+    blocks = to_blocks([list(range(10, 30)) + [1]], 8, 0)  # one document of 3 blocks
+    blocks.add_context(1, eos_id=1, pad_id=0)
+    batch = {k: torch.stack([blocks[i][k] for i in range(3)]) for k in blocks[0]}
+    mean, _, z, neighbours, present = module._latents(batch, train=False)
+    own = vae.encode(blocks.input_ids, blocks.attention_mask)
+    end = vae.encode(torch.tensor([[1] + [0] * 7]), torch.tensor([[1] + [0] * 7]))[0]
+    torch.testing.assert_close(z, own)
+    torch.testing.assert_close(mean, own)
+    assert present.tolist() == [[False, True], [True, True], [True, True]]
+    torch.testing.assert_close(neighbours[1:, 0], own[:2])  # the block before
+    torch.testing.assert_close(neighbours[:2, 1], own[1:])  # the block after
+    torch.testing.assert_close(neighbours[2, 1], end)  # after the last block: an end-of-text block

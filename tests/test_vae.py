@@ -100,7 +100,9 @@ def test_a_context_decoder_reads_present_neighbours_and_ignores_absent_ones():
     torch.testing.assert_close(vae.decoder_states(z, changed, present), states, rtol=0, atol=1e-6)
     changed[:, 0] += 5  # the present one (before the block)
     assert (vae.decoder_states(z, changed, present) - states).abs().max() > 1e-3
+    plain = _vae()  # the same weights (same seed) without context: a block read alone decodes as it would there
     alone = vae.decoder_states(z, neighbours, torch.zeros_like(present))
+    torch.testing.assert_close(plain.decoder_states(z), alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(vae.decoder_states(z), alone, rtol=0, atol=1e-6)
 
 

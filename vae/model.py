@@ -146,6 +146,8 @@ class TextVAE(ModelMixin, ConfigMixin):
         decoder also reads ``neighbours`` (B, 2c, K, C), the latents of the blocks at :func:`context_offsets`, where
         ``present`` (B, 2c) is True; given none, the block is read alone."""
         cfg = self.config
+        if (neighbours is None) != (present is None) or (neighbours is not None and not cfg.context_blocks):
+            raise ValueError("neighbours need present (and a decoder with context_blocks > 0), and present needs them")
         b, length = latents.shape[0], cfg.block_length
         x = self.from_latent(latents).reshape(b, length, -1) + self.dec_pos
         if not cfg.context_blocks:

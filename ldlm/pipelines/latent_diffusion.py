@@ -212,15 +212,14 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         """Write the held tokens at the start of their blocks into the clean estimate (decode, overwrite,
         re-encode), leaving the rest of each such block to the model."""
         cfg = self.vae.config
-        k = cfg.latents_per_block
+        k, c = cfg.latents_per_block, cfg.context_blocks
         x0 = x0.clone()
         for row, blocks in enumerate(held):
-            if not blocks:
-                continue
-            decoded = self.vae.decode_sequence(x0[row : row + 1])[0].view(-1, cfg.block_length)  # in context
             for index, ids in blocks.items():
                 span = slice(index * k, (index + 1) * k)
-                block = decoded[index].clone()
+                first = max(0, index - c)  # the block with the neighbours a context decoder reads
+                window = self.vae.decode_sequence(x0[row : row + 1, first * k : (index + c + 1) * k])[0]
+                block = window[(index - first) * cfg.block_length :][: cfg.block_length]
                 block[: len(ids)] = torch.tensor(ids, device=block.device)
                 eos = (block == cfg.eos_token_id).nonzero()
                 mask = torch.ones_like(block)

@@ -140,7 +140,8 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if resume:  # what Lightning says about resumes, a run copied to a new folder included
             warnings.filterwarnings("ignore", message=r".*checkpoint that ended before the epoch ended")
-            warnings.filterwarnings("ignore", message=r"The dirpath has changed")
+            if not cfg.early_stop:  # with early stopping a moved run forgets its best score: keep that warning
+                warnings.filterwarnings("ignore", message=r"The dirpath has changed")
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     trainer.save_checkpoint(last)  # the final step too (a time limit stops between periodic checkpoints)
     if trainer.is_global_zero:

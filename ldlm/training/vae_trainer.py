@@ -49,10 +49,11 @@ class TextVAEModule(L.LightningModule):
         self.register_buffer("lookup", lookup, persistent=False)
         self.register_buffer("unseen", torch.nonzero(unseen).squeeze(1), persistent=False)
 
-    def _perturb(self, z: torch.Tensor) -> torch.Tensor:
-        """Training-time robustness: Gaussian noise of random σ (standardized units) and latent dropout."""
+    def _perturb(self, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Training-time robustness: Gaussian noise of random σ in units of ``scale`` (the batch's per-channel latent
+        std) and latent dropout."""
         sigma = torch.rand(z.shape[0], 1, 1, device=z.device) * self.loss_cfg["latent_noise"]
-        z = z + sigma * z.detach().std(dim=(0, 1)) * torch.randn_like(z)
+        z = z + sigma * scale * torch.randn_like(z)
         keep = torch.rand(z.shape[0], z.shape[1], 1, device=z.device) >= self.loss_cfg["latent_dropout"]
         return z * keep
 
@@ -77,7 +78,10 @@ class TextVAEModule(L.LightningModule):
             ids = torch.cat([ids[:, None], batch["context_ids"]], 1).flatten(0, 1)
             mask = torch.cat([mask[:, None], context_mask], 1).flatten(0, 1)
         mean, logvar = self.vae.encode_distribution(ids, mask, self.loss_cfg["token_dropout"] if train else 0.0)
-        z = self._perturb(mean + (0.5 * logvar).exp() * torch.randn_like(mean)) if train else mean
+        z = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if train else mean
+        if train:  # noise in units of the batch's own blocks, not of the neighbours' padding stand-ins
+            own = z if present is None else z.reshape(len(present), -1, *z.shape[1:])[:, 0]
+            z = self._perturb(z, own.detach().std(dim=(0, 1)))
         if present is not None:
             shape = (len(present), -1, *mean.shape[1:])
             z = z.reshape(shape)
