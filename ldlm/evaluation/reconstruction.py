@@ -15,7 +15,6 @@ from ldlm.data.token_blocks import AFTER_END, BEFORE_START, to_blocks, tokenize,
 from ldlm.evaluation.metrics import corpus_bleu
 from ldlm.pipelines.loading import load_vae, vae_folder
 from ldlm.training.config import VAEExperiment, load_config
-from ldlm.vae.blocks import split_into_blocks
 from ldlm.vae.model import TextVAE
 
 
@@ -26,22 +25,22 @@ def reconstructed_ids(vae: TextVAE, blocks, noise: float = 0.0, batch_size: int 
     end-of-text block after the document's last."""
     vae.eval()
     generator = torch.Generator().manual_seed(seed)
-    end = split_into_blocks([], vae.config.block_length, vae.config.eos_token_id, vae.config.pad_token_id)
-    latents = []
-    for ids, mask in [*zip(blocks.input_ids.split(batch_size), blocks.attention_mask.split(batch_size)), end]:
-        z = vae.encode(ids.to(vae.device), mask.to(vae.device))
-        if noise > 0:
-            z = z + noise * vae.latent_std * torch.randn(z.shape, generator=generator).to(z.device)
-        latents.append(z)
-    latents = torch.cat(latents)  # the last row: the end-of-text block
+
+    def noisy(z: torch.Tensor) -> torch.Tensor:
+        return z if noise == 0 else z + noise * vae.latent_std * torch.randn(z.shape, generator=generator).to(z.device)
+
+    batches = zip(blocks.input_ids.split(batch_size), blocks.attention_mask.split(batch_size))
+    latents = torch.cat([noisy(vae.encode(ids.to(vae.device), mask.to(vae.device))) for ids, mask in batches])
+    neighbours = present = None
     if vae.config.context_blocks:
+        end = noisy(vae.unstandardize(vae.end_block_latents().to(vae.device))[None].to(latents.dtype))
         index = blocks.neighbour_index(vae.config.context_blocks).to(vae.device)
         present = index != BEFORE_START
-        neighbours = latents[torch.where(index == AFTER_END, len(blocks), index.clamp(min=0))]
+        neighbours = torch.cat([latents, end])[torch.where(index == AFTER_END, len(blocks), index.clamp(min=0))]
     out = []
     for start in range(0, len(blocks), batch_size):
-        part = slice(start, min(start + batch_size, len(blocks)))
-        context = (neighbours[part], present[part]) if vae.config.context_blocks else ()
+        part = slice(start, start + batch_size)
+        context = () if neighbours is None else (neighbours[part], present[part])
         out.append(vae.decode_ids(latents[part], *context).cpu())
     return torch.cat(out)
 
