@@ -224,6 +224,42 @@ def test_early_stopping_exports_the_best_validated_weights(vae_dir, tmp_path):
     assert not (out / "logs" / "metrics.csv").exists()  # 5 steps log nothing: the earlier rows are in metrics.1.csv
 
 
+def test_a_run_moved_to_a_new_folder_keeps_its_best_score(vae_dir, tmp_path, recwarn):
+    first, moved = tmp_path / "first", tmp_path / "moved"  # as above, the validation loss never changes
+    common = ("train.early_stop=10", "train.val_every=5", "train.lr=1e-30", "train.warmup_steps=0", "sample.every=0")
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, first, *common, "train.max_steps=10")))
+    shutil.copytree(first, moved)
+    recwarn.clear()
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, moved, *common, "train.max_steps=20")))
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+    assert load_tree(moved / "checkpoints" / "best.safetensors")["global_step"] == 5  # a forgotten score: 15
+    assert load_tree(moved / "checkpoints" / "last.safetensors")["global_step"] == 20
+    assert load_tree(first / "checkpoints" / "last.safetensors")["global_step"] == 10
+
+
+def test_run_checkpoints_resume_the_state_that_plain_model_checkpoints_saved(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ldlm.training.runner import RunCheckpoint
+
+    for kwargs in ({"save_last": True, "every_n_train_steps": 30},
+                   {"filename": "best", "monitor": "val/loss", "mode": "min", "save_top_k": 1}):
+        ours, plain = RunCheckpoint(dirpath=tmp_path, **kwargs), ModelCheckpoint(dirpath=tmp_path, **kwargs)
+        assert ours.state_key == plain.state_key
+
+
+def test_a_fresh_run_sets_every_earlier_checkpoint_aside(vae_dir, tmp_path):
+    out, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "sample.every=0")))
+    periodic = next(ckpt.glob("epoch=*-step=60.safetensors"))  # the epoch number depends on the data's size
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "sample.every=0", "train.resume=false",
+                                                        "train.max_steps=30")))
+    aside = periodic.with_suffix(".1.safetensors")
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(
+        [next(ckpt.glob("epoch=*-step=30.safetensors")).name, aside.name, "last.1.safetensors", "last.safetensors"])
+    assert load_tree(aside)["global_step"] == 60 and load_tree(ckpt / "last.1.safetensors")["global_step"] == 60
+
+
 def test_warm_start_begins_from_the_given_baseline(vae_dir, tmp_path, capsys):
     first = train_ar(load_config(ARExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=3",
                                                                 "sample.every=0")))

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -78,12 +80,47 @@ class HistoryCSVLogger(CSVLogger):
         return self._experiment
 
 
-def set_aside(path: Path) -> None:
-    """Rename an earlier run's file out of a fresh run's way: ``metrics.csv`` → ``metrics.1.csv`` (the first free
-    number)."""
-    if path.is_file():
-        number = next(n for n in range(1, 10_000) if not path.with_suffix(f".{n}{path.suffix}").exists())
-        path.rename(path.with_suffix(f".{number}{path.suffix}"))
+def set_aside(paths: list[Path]) -> None:
+    """Rename an earlier run's files out of a fresh run's way, under the first number free for all of them:
+    ``metrics.csv`` → ``metrics.1.csv``, ``last.safetensors`` → ``last.1.safetensors``."""
+    present = [path for path in paths if path.is_file()]
+    number = next(n for n in range(1, 10_000) if not any(_numbered(path, n).exists() for path in present))
+    for path in present:
+        path.rename(_numbered(path, number))
+
+
+def _numbered(path: Path, number: int) -> Path:
+    return path.with_suffix(f".{number}{path.suffix}")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint without a version counter, which reads a copied run's saved state relative to its
+    own folder: a run moved to a new ``output_dir`` resumes with its files and its best score (forgotten only when
+    its file was not copied along), and keeps writing ``last.safetensors``. Writes safetensors."""
+
+    FILE_EXTENSION = ".safetensors"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(enable_version_counter=False, **kwargs)
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"ModelCheckpoint{kwargs!r}"  # the key of checkpoints written before this class, which resume as well
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and saved != self.dirpath:
+            def here(path: str) -> str:
+                inside = bool(path) and os.path.commonpath([saved, path]) == saved
+                return os.path.join(self.dirpath, os.path.relpath(path, saved)) if inside else path
+
+            state_dict = {
+                **state_dict, "dirpath": self.dirpath,
+                **{key: here(state_dict.get(key, "")) for key in
+                   ("best_model_path", "kth_best_model_path", "last_model_path")},
+                "best_k_models": {here(path): score for path, score in state_dict.get("best_k_models", {}).items()
+                                  if os.path.isfile(here(path))},
+            }
+        super().load_state_dict(state_dict)
 
 
 def make_loggers(out: Path) -> list:
@@ -103,28 +140,19 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
         callbacks: list[L.Callback] = (), strategy=None) -> L.Trainer:
     """Train ``module`` on ``data`` as ``cfg`` says (resuming from the last checkpoint when ``cfg.resume``; under
     ``cfg.early_stop`` also keeping ``best.safetensors`` and stopping after that many validations without a better
-    ``val/loss``; a fresh run sets an earlier run's log, best and last checkpoints aside), write a checkpoint of the final step
+    ``val/loss``; a fresh run sets an earlier run's log and checkpoints aside), write a checkpoint of the final step
     and ``metrics.json`` (first process), and return the trainer."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
     ckpt_dir = out / "checkpoints"
-    # no version counter: a run copied to a new folder and resumed there keeps writing last.safetensors
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.checkpoint_every,
-                                 enable_version_counter=False)
-    callbacks = [checkpoint, *callbacks]
+    callbacks = [RunCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=cfg.checkpoint_every),
+                 *callbacks]
     if cfg.early_stop:
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                               enable_version_counter=False)
+        best = RunCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1)
         callbacks += [best, EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stop,
                                           check_on_train_epoch_end=False)]
-    for callback in callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            callback.FILE_EXTENSION = ".safetensors"
     last = ckpt_dir / "last.safetensors"
     resume = cfg.resume and last.is_file()
     if not resume and rank_zero_only.rank == 0:
-        for earlier in (out / "logs" / "metrics.csv", ckpt_dir / "best.safetensors", last):
-            set_aside(earlier)
+        set_aside([out / "logs" / "metrics.csv", ckpt_dir / "best.safetensors", last, *_periodic(ckpt_dir)])
     trainer = L.Trainer(
         max_steps=cfg.max_steps, max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
@@ -138,10 +166,8 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
     with warnings.catch_warnings():
         # expected here: a fresh run has set the earlier run's files aside, and a resumed one is meant to continue
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        if resume:  # what Lightning says about resumes, a run copied to a new folder included
+        if resume:  # what Lightning says about every resume
             warnings.filterwarnings("ignore", message=r".*checkpoint that ended before the epoch ended")
-            if not cfg.early_stop:  # with early stopping a moved run forgets its best score: keep that warning
-                warnings.filterwarnings("ignore", message=r"The dirpath has changed")
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     trainer.save_checkpoint(last)  # the final step too (a time limit stops between periodic checkpoints)
     if trainer.is_global_zero:
@@ -154,8 +180,11 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
     return trainer
 
 
-def _periodic_step(path: Path) -> int:
-    return int(re.search(r"step=(\d+)", path.name).group(1))
+def _periodic(ckpt_dir: Path) -> list[Path]:
+    """This run's periodic checkpoints (``epoch=E-step=S.safetensors``; set-aside ones are not), oldest first."""
+    found = [(int(m.group(1)), path) for path in ckpt_dir.glob("*.safetensors")
+             if (m := re.fullmatch(r"epoch=\d+-step=(\d+)\.safetensors", path.name))]
+    return [path for _, path in sorted(found)]
 
 
 def tidy_checkpoints(ckpt_dir: Path) -> None:
@@ -163,8 +192,7 @@ def tidy_checkpoints(ckpt_dir: Path) -> None:
     the newest (a resumed run no longer knows it wrote the older ones)."""
     for tmp in ckpt_dir.glob(".*.tmp-*"):
         tmp.unlink(missing_ok=True)
-    periodic = sorted(ckpt_dir.glob("epoch=*-step=*.safetensors"), key=_periodic_step)
-    for stale in periodic[:-1]:
+    for stale in _periodic(ckpt_dir)[:-1]:
         stale.unlink(missing_ok=True)
 
 
