@@ -103,7 +103,7 @@ def dit_continuations(pipe, befores: torch.Tensor, new: int, steps: int, seed: i
     generator = torch.Generator(device=device).manual_seed(seed)
     latents = pipe.denoise(known, known_mask, num_inference_steps=steps, guidance_scale=guidance_scale,
                            generator=generator)
-    ids = pipe.vae.decode_sequence(latents[:, context * k :])
+    ids = pipe.vae.decode_sequence(latents)[:, context * cfg.block_length :]  # a context decoder reads the block before
     return pipe.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
