@@ -217,6 +217,10 @@ def test_early_stopping_exports_the_best_validated_weights(vae_dir, tmp_path):
     last = load_tree(out / "checkpoints" / "last.safetensors")
     assert best["global_step"] < last["global_step"]
     assert any(not torch.equal(v, last["state_dict"][k]) for k, v in best["state_dict"].items())  # tells them apart
+    train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "train.early_stop=4", "train.val_every=5",
+                                                        "train.lr=1e-30", "train.warmup_steps=0", "sample.every=0",
+                                                        "train.max_steps=100")))  # resumed, with more patience
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 25  # 4 validations after the best
     train_ar(load_config(ARExperiment, None, _overrides(vae_dir, out, "train.resume=false", "train.max_steps=5",
                                                         "sample.every=0")))  # a fresh run in the same folder
     assert (out / "logs" / "metrics.1.csv").is_file() and (out / "checkpoints" / "best.1.safetensors").is_file()

@@ -123,6 +123,13 @@ class RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 
+class RunEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping, except that a resumed run keeps the configured patience instead of the saved one."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict({**state_dict, "patience": self.patience})
+
+
 def make_loggers(out: Path) -> list:
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -147,8 +154,8 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, cfg: TrainConfig
                  *callbacks]
     if cfg.early_stop:
         best = RunCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1)
-        callbacks += [best, EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stop,
-                                          check_on_train_epoch_end=False)]
+        callbacks += [best, RunEarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stop,
+                                             check_on_train_epoch_end=False)]
     last = ckpt_dir / "last.safetensors"
     resume = cfg.resume and last.is_file()
     if not resume and rank_zero_only.rank == 0:
