@@ -25,27 +25,27 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
-        'Clowns is a moderately priced, customer rating and has English coffee shop with The Bakers.',
-        'Fitzbillies is family-friendly serving English food and is near Crowne Plaza Hotel and a a restaurant.',
-        'The Golden Palace is a pub, adult Express by Holiday Inn trick serving Chinese food. It is located '
-        'rated and is kid located in the city.',
+        'Cocum is a low priced, low rating and offers breath.',
+        'Fitzbillies is family-friendly serving English food and called The Mill shop',
+        'The coffee shop access in the Determ area Express by Holiday Inn house serving Chinese food. It is '
+        'located more and a kid located in the city.',
     ]
 
 
 def test_autoguidance_off(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0), autoguidance=1).texts == [
-        'Clowns is a moderate price range a restaurant that serves English coffee shop with The Bakers.',
+        'Cocns is a moderate price range a restaurant that serves English coffee shop with The Bakers.',
         'Family rating, affordable is family-friendly serves English food and is The Wrest Plaza Hotel and a a '
         'rating.',
-        'The Golden Palace is a sorts and coffee shop by Holiday rating average prices Chinese food. It is '
-        'located range and is price friendly for less..',
+        'The Golden Palace is a great court coffee shop with weekend rating star serving Chinese food. It is '
+        'located rating and is kid friendly in our city.',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Clowns is a moderately priced, customer rating and is English coffee shop with The Bakers.',
-        'Fitzbillies is family-friendly serving English food and is near Crowne Plaza Hotel and a low rating.',
+        'Cocum is a high price of low rating and offers food.',
+        'Fitzbillies is family-friendly serving English food and called The Wresteters',
     ]
 
 
@@ -53,20 +53,22 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer.',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer rating, '
-        'with a 3 out of 5 out of 5. they it again is a average price.',
-        'Zizzi is a rated, pub but It is located near Café Sicilia with a rivers sites can be found.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer rating of '
+        "less't.",
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high rating. They are '
+        'not is the rating of 5 out of-5.',
+        'Zizzi is a rated, coffeeilia offering English located near Café Sicra serves a Mountains House can be '
+        'found.',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. Protocols center It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. centre. £20 and. It is family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. with  ratings. It serves Chinese '
-        'food. The Indian food with a moderatelyrestpress. It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. with a ratings. It serves Blue Spice '
+        'and good food and  moderately- bothered. It is family friendly.',
     ]
 
 
@@ -79,12 +81,12 @@ def test_long_generation_groups(pipe):
             '',
         ],
         [
-            'The Eagle is a aside serving, price range, near venue for and city center.  called wide, is '
-            'agreeing to sequencing coffee Basilica is is a.\n',
-            'The Eagle is moderate endings persons and a aside 5. service.',
+            'The Eagle is a great visit and price range for with £ range and Indian food This  and wide, as per '
+            'tougging seat shop has access mild. and',
+            'The Eagle is kid supply persons,  pub with a average serving restaurant with city crew.',
         ],
         [
-            ' partial Holiday Inn is not family friendly.',
+            '',
             '',
         ],
     ]
@@ -93,8 +95,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        ' clients, serves Italian, in food only your me of the a, near partial, Italian food. they have '
-        'associated  in  price ranges, tradition-unsqueeze',
+        'atican thatarc Italian and a food take feet in of the- son the partial of Italian food. It have a a in '
+        'an price range, it is service',
     ]
 
 
