@@ -25,27 +25,26 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
-        'Cocum is a low priced, low rating and offers breath.',
-        'Fitzbillies is family-friendly serving English food and called The Mill shop',
-        'The coffee shop access in the Determ area Express by Holiday Inn house serving Chinese food. It is '
-        'located more and a kid located in the city.',
+        'Cocum is a low price, low rating and offers welcome.',
+        'Fitzbillies is child-friendly serving English food and called The Millcomb',
+        'The Golden Palace located in the English coffee Express by Holiday Inn, serving Chinese food. It is located '
+        'rated and   located in city centre.',
     ]
 
 
 def test_autoguidance_off(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0), autoguidance=1).texts == [
-        'Cocns is a moderate price range a restaurant that serves English coffee shop with The Bakers.',
-        'Family rating, affordable is family-friendly serves English food and is The Wrest Plaza Hotel and a a '
-        'rating.',
-        'The Golden Palace is a great court coffee shop with weekend rating star serving Chinese food. It is '
-        'located rating and is kid friendly in our city.',
+        'Cocum is a moderate price range a restaurant that serves English coffee shop with The Bakers.',
+        'Fitzbillies is family-friendly serving English food and is The Wrestaria Hotel practition a a rating.',
+        'The Golden Palace is a great friendly coffee shop with weekend rating star serving Chinese food. It is '
+        'located rating and is kid friendly in our centre.',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Cocum is a high price of low rating and offers food.',
-        'Fitzbillies is family-friendly serving English food and called The Wresteters',
+        'Cocum is a high price, a restaurant and offers welcome.',
+        'Fitzbillies is child-friendly priced English food and called The Mill.',
     ]
 
 
@@ -53,22 +52,21 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer rating of '
-        "less't.",
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high rating. They are '
-        'not is the rating of 5 out of-5.',
-        'Zizzi is a rated, coffeeilia offering English located near Café Sicra serves a Mountains House can be '
-        'found.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high restaurant but and  a '
+        '1 out of. It is not ale stones branches not aside 5 colours[ Grade. aside with expensive for',
+        'Zizzi is a ratings, average restaurant with average.-priced for cheap fast food, close All Bar.',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. centre. £20 and. It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. café. restaurant and, and. predecess '
+        'treatment The-ographs range. and is family friendly It is family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. with a ratings. It serves Blue Spice '
-        'and good food and  moderately- bothered. It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food.   low. Itaff Blue Spice and the food,  '
+        'Inf- bothered. It is family friendly.',
     ]
 
 
@@ -81,13 +79,10 @@ def test_long_generation_groups(pipe):
             '',
         ],
         [
-            'The Eagle is a great visit and price range for with £ range and Indian food This  and wide, as per '
-            'tougging seat shop has access mild. and',
-            'The Eagle is kid supply persons,  pub with a average serving restaurant with city crew.',
-        ],
-        [
-            '',
-            '',
+            'The Eagle is average they serves English style range rating located customer range of price. This  and '
+            'wide oil in agree to sequencing-friendly providesies..',
+            'The Eagle is associated thick persons, element aside is coffee shop customer restaurant with moderate '
+            'customers',
         ],
     ]
 
@@ -95,8 +90,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'atican thatarc Italian and a food take feet in of the- son the partial of Italian food. It have a a in '
-        'an price range, it is service',
+        'Either that serves Italian and is food only feet is of the to matter too further, Italian food. it require '
+        'a a with about price range of £20',
     ]
 
 

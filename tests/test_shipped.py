@@ -74,8 +74,8 @@ def test_every_config_loads_with_its_schema_into_its_own_runs_folder():
     vae, dit, ar, classifier = VAEExperiment, DiTExperiment, ARExperiment, ClassifierExperiment
     schema = {"tiny": vae, "e2e-smollm2": vae, "e2e-vae-robust": vae, "e2e-vae-context": vae, "kjv-vae-robust": vae,
               "e2e-dit": dit, "e2e-dit-robust": dit, "e2e-dit-distill": dit, "e2e-dit-guided": dit, "e2e-dit-weak": dit,
-              "kjv-long": dit, "kjv-long-weak": dit, "e2e-ar": ar, "kjv-ar": ar, "e2e-content": classifier,
-              "brown-pos": classifier}
+              "kjv-long": dit, "kjv-long-weak": dit, "kjv-long-distill": dit, "e2e-ar": ar, "kjv-ar": ar,
+              "e2e-content": classifier, "brown-pos": classifier}
     configs = {p.stem: p for p in (SHIPPED.parents[1] / "configs").glob("*.yaml")}
     assert set(configs) == set(schema)
     outputs = [load_config(schema[name], str(path), []).train.output_dir for name, path in configs.items()]
