@@ -270,6 +270,30 @@ def test_distillation_trains_from_init_and_exports_a_ddim_pipeline(vae_dir, tmp_
         assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_export_from_init_keeps_its_weak_transformer_and_defaults(vae_dir, tmp_path):
+    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
+    pipe = LatentDiffusionLMPipeline.from_pretrained(first)
+    torch.manual_seed(0)
+    weak = LatentDiT.from_config(pipe.transformer.config)
+    LatentDiffusionLMPipeline(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, weak, 2.5,
+                              new_blocks=3).save_pretrained(tmp_path / "guided")
+    runs = {"distilled": ["diffusion.scheduler=ddim", "diffusion.distill_steps=2"], "warm": []}
+    for name, extra in runs.items():
+        out = LatentDiffusionLMPipeline.from_pretrained(train_dit(load_config(DiTExperiment, None, _overrides(
+            vae_dir, tmp_path / name, f"init={tmp_path / 'guided'}", "train.max_steps=1", "sample.every=0", *extra))))
+        assert (out.config.autoguidance, out.config.new_blocks) == (2.5, 3), name
+        kept = out.weak_transformer.state_dict()
+        assert all(torch.equal(kept[k], v.to(kept[k].dtype)) for k, v in weak.state_dict().items()), name
+    with pytest.warns(UserWarning, match="does not fit"):  # longer windows than the weak transformer's
+        longer = train_dit(load_config(DiTExperiment, None, _overrides(
+            vae_dir, tmp_path / "longer", f"init={tmp_path / 'guided'}", "data.max_blocks=6", "train.max_steps=1",
+            "sample.every=0")))
+    out = LatentDiffusionLMPipeline.from_pretrained(longer)
+    assert (out.weak_transformer, out.config.autoguidance, out.config.new_blocks) == (None, 1.0, 3)
+    fresh = LatentDiffusionLMPipeline.from_pretrained(first)
+    assert (fresh.weak_transformer, fresh.config.autoguidance) == (None, 1.0)
+
+
 def test_guided_distillation_bakes_the_weak_transformer_in(vae_dir, tmp_path):
     first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
     pipe = LatentDiffusionLMPipeline.from_pretrained(first)

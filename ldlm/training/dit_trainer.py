@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -210,6 +211,28 @@ def _weak_teacher(cfg: DiTExperiment, teacher: LatentDiT) -> LatentDiT | None:
     return weak
 
 
+def _sampling_defaults(cfg: DiTExperiment, transformer: LatentDiT) -> dict:
+    """What the exported pipeline keeps of init's sampling defaults (weak transformer, autoguidance, new_blocks): all
+    of them for a model still sampled as init's was (a warm start, an unguided distillation); none for a fresh run or
+    a guided distillation, whose student has the guidance built in. A weak transformer that does not fit the longer
+    windows of a warm start is dropped with a warning."""
+    index = None if cfg.init is None else Path(cfg.init) / "model_index.json"
+    if index is None or cfg.diffusion.distill_autoguidance > 1 or not index.is_file():
+        return {}
+    saved = LatentDiffusionLMPipeline.load_config(cfg.init)
+    defaults = {"new_blocks": saved.get("new_blocks")}
+    folder = Path(cfg.init) / "weak_transformer"
+    if saved.get("weak_transformer", [None])[0] is None or not (folder / "config.json").is_file():
+        return defaults
+    weak = LatentDiT.from_pretrained(folder)
+    try:
+        check_weak_transformer(transformer, weak)
+    except ValueError as err:
+        warnings.warn(f"init: {err}; the exported pipeline has no autoguidance", stacklevel=2)
+        return defaults
+    return defaults | {"weak_transformer": weak, "autoguidance": saved.get("autoguidance", 1.0)}
+
+
 def _strategy(cfg: DiTExperiment):
     if cfg.train.strategy == "fsdp":
         return FSDP2Strategy(data_parallel_size=cfg.train.devices * cfg.train.num_nodes, tensor_parallel_size=1,
@@ -253,6 +276,7 @@ def _prepare(cfg: DiTExperiment, out: Path) -> Job:
                                num_train_timesteps=d.num_train_timesteps)
     if cfg.init is not None:
         load_transformer_weights(transformer, cfg.init)
+    defaults = _sampling_defaults(cfg, transformer)
     pipeline = LatentDiffusionLMPipeline(vae, transformer, scheduler, tokenizer)
     pipeline.set_progress_bar_config(disable=True)
 
@@ -269,7 +293,7 @@ def _prepare(cfg: DiTExperiment, out: Path) -> Job:
         model = LatentDiT.from_config(transformer.config)
         model.load_state_dict({k.removeprefix("ema."): v for k, v in state.items() if k.startswith("ema.")})
         with atomic_dir(out / "pipeline") as tmp:
-            LatentDiffusionLMPipeline(vae.cpu(), model, scheduler, tokenizer).save_pretrained(tmp)
+            LatentDiffusionLMPipeline(vae.cpu(), model, scheduler, tokenizer, **defaults).save_pretrained(tmp)
         return out / "pipeline"
 
     data = LatentDataModule(cfg.data, vae, tokenizer, cfg.train.batch_size)
