@@ -25,26 +25,26 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
-        'Cocum is a low price, low rating and offers welcome.',
-        'Fitzbillies is child-friendly serving English food and called The Millcomb',
-        'The Golden Palace located in the English coffee Express by Holiday Inn, serving Chinese food. It is located '
-        'rated and   located in city centre.',
+        'Cocum is a low price, low priced and offers welcome.',
+        'Fitzbillies is child-friendly priced English coffee shop called The Mill combination',
+        'The coffee shop Shop in an English coffee shop with customer ratings, serving Chinese food. Should low '
+        'customer ratings and is an located in city centre.',
     ]
 
 
 def test_autoguidance_off(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0), autoguidance=1).texts == [
-        'Cocum is a moderate price range a restaurant that serves English coffee shop with The Bakers.',
-        'Fitzbillies is family-friendly serving English food and is The Wrestaria Hotel practition a a rating.',
-        'The Golden Palace is a great friendly coffee shop with weekend rating star serving Chinese food. It is '
-        'located rating and is kid friendly in our centre.',
+        'Clowns is a moderate price range a restaurant that serves English coffee shop with The Bakers.',
+        'Fitzbill Palace is family-friendly serving English food and is The Wrestanasia',
+        'The Golden Palace has a great English coffee shop with weekend rating star serving Chinese food. It high '
+        'customer rating and is kid located in our centre.',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Cocum is a high price, a restaurant and offers welcome.',
-        'Fitzbillies is child-friendly priced English food and called The Mill.',
+        'Cocum is a high price, high priced and offers welcome.',
+        'Fitzbillies is child-friendly priced English coffee shop called The Mill.',
     ]
 
 
@@ -52,20 +52,21 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer.',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high restaurant but and  a '
-        '1 out of. It is not ale stones branches not aside 5 colours[ Grade. aside with expensive for',
-        'Zizzi is a ratings, average restaurant with average.-priced for cheap fast food, close All Bar.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer, of cheap '
+        'Italy',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high starsies restaurant is '
+        'a 3 out of 5  not.  Theyrath only a two. in city. with cloud with just paid',
+        'Zizzi is a higher, . located on in recite lit"]), enjoyakers child never room, can be legal.',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. café. restaurant and, and. predecess '
-        'treatment The-ographs range. and is family friendly It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. restaurant, £20- treeia coffee shop.ICS '
+        'area. and is family friendly It is family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.   low. Itaff Blue Spice and the food,  '
+        'The Mill is a pub near the river that serves cheap English food.   low. It serves Blue Spice and the food,  '
         'Inf- bothered. It is family friendly.',
     ]
 
@@ -79,10 +80,9 @@ def test_long_generation_groups(pipe):
             '',
         ],
         [
-            'The Eagle is average they serves English style range rating located customer range of price. This  and '
-            'wide oil in agree to sequencing-friendly providesies..',
-            'The Eagle is associated thick persons, element aside is coffee shop customer restaurant with moderate '
-            'customers',
+            'The Eagle is a both visit and price range rating with customer range of average. natural  and provides '
+            'wine of wild and',
+            'The Eagle is adult author Man, the rated is coffee. serving restaurant with apite',
         ],
     ]
 
@@ -90,8 +90,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'Either that serves Italian and is food only feet is of the to matter too further, Italian food. it require '
-        'a a with about price range of £20',
+        'pub an Italian Italian and in food takeaughters is there the and matter too The, Italian food. only comes '
+        'suitable[ by differences price range is £20',
     ]
 
 
