@@ -200,10 +200,10 @@ def _weak_teacher(cfg: DiTExperiment, teacher: LatentDiT) -> LatentDiT | None:
     """init's weak transformer when ``diffusion.distill_autoguidance`` > 1 (checked to fit the teacher), else None."""
     if cfg.diffusion.distill_autoguidance == 1:
         return None
-    folder = Path(cfg.init) / "weak_transformer"
-    if not (folder / "config.json").is_file():
+    weak = _init_weak(cfg)
+    if weak is None:
         raise LdlmError(f"diffusion.distill_autoguidance: {cfg.init} holds no weak_transformer/ folder to guide with")
-    weak = LatentDiT.from_pretrained(folder).float().train()
+    weak = weak.float().train()
     try:
         check_weak_transformer(teacher, weak)
     except ValueError as err:
@@ -211,20 +211,25 @@ def _weak_teacher(cfg: DiTExperiment, teacher: LatentDiT) -> LatentDiT | None:
     return weak
 
 
+def _init_weak(cfg: DiTExperiment) -> LatentDiT | None:
+    """init's weak transformer as saved, or None when it has none."""
+    folder = Path(cfg.init) / "weak_transformer"
+    return LatentDiT.from_pretrained(folder) if (folder / "config.json").is_file() else None
+
+
 def _sampling_defaults(cfg: DiTExperiment, transformer: LatentDiT) -> dict:
     """What the exported pipeline keeps of init's sampling defaults (weak transformer, autoguidance, new_blocks): all
     of them for a model still sampled as init's was (a warm start, an unguided distillation); none for a fresh run or
     a guided distillation, whose student has the guidance built in. A weak transformer that does not fit the longer
     windows of a warm start is dropped with a warning."""
-    index = None if cfg.init is None else Path(cfg.init) / "model_index.json"
-    if index is None or cfg.diffusion.distill_autoguidance > 1 or not index.is_file():
+    guided = cfg.diffusion.distill_autoguidance > 1
+    if cfg.init is None or guided or not (Path(cfg.init) / "model_index.json").is_file():
         return {}
     saved = LatentDiffusionLMPipeline.load_config(cfg.init)
     defaults = {"new_blocks": saved.get("new_blocks")}
-    folder = Path(cfg.init) / "weak_transformer"
-    if saved.get("weak_transformer", [None])[0] is None or not (folder / "config.json").is_file():
+    weak = _init_weak(cfg)
+    if weak is None:
         return defaults
-    weak = LatentDiT.from_pretrained(folder)
     try:
         check_weak_transformer(transformer, weak)
     except ValueError as err:
