@@ -294,6 +294,24 @@ def test_an_export_from_init_keeps_its_weak_transformer_and_defaults(vae_dir, tm
     assert (fresh.weak_transformer, fresh.config.autoguidance) == (None, 1.0)
 
 
+def test_a_weak_transformer_its_pipeline_no_longer_lists_is_not_read(vae_dir, tmp_path):
+    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
+    pipe = LatentDiffusionLMPipeline.from_pretrained(first)
+    weak = LatentDiT.from_config(pipe.transformer.config)
+    LatentDiffusionLMPipeline(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, weak, 2.0).save_pretrained(
+        tmp_path / "init")
+    pipe.save_pretrained(tmp_path / "init")  # saved again without it: the old folder stays behind, unlisted
+    assert (tmp_path / "init" / "weak_transformer" / "config.json").is_file()
+    assert LatentDiffusionLMPipeline.from_pretrained(tmp_path / "init").weak_transformer is None
+    warm = LatentDiffusionLMPipeline.from_pretrained(train_dit(load_config(DiTExperiment, None, _overrides(
+        vae_dir, tmp_path / "warm", f"init={tmp_path / 'init'}", "train.max_steps=1", "sample.every=0"))))
+    assert (warm.weak_transformer, warm.config.autoguidance) == (None, 1.0)
+    with pytest.raises(LdlmError, match="holds no weak_transformer"):
+        train_dit(load_config(DiTExperiment, None, _overrides(
+            vae_dir, tmp_path / "guided", f"init={tmp_path / 'init'}", "diffusion.scheduler=ddim",
+            "diffusion.distill_steps=2", "diffusion.distill_autoguidance=2")))
+
+
 def test_guided_distillation_bakes_the_weak_transformer_in(vae_dir, tmp_path):
     first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
     pipe = LatentDiffusionLMPipeline.from_pretrained(first)

@@ -212,9 +212,12 @@ def _weak_teacher(cfg: DiTExperiment, teacher: LatentDiT) -> LatentDiT | None:
 
 
 def _init_weak(cfg: DiTExperiment) -> LatentDiT | None:
-    """init's weak transformer as saved, or None when it has none."""
+    """init's weak transformer as its pipeline loads it (listed in ``model_index.json``, as a folder left behind by an
+    earlier save is not), or None when it has none."""
     folder = Path(cfg.init) / "weak_transformer"
-    return LatentDiT.from_pretrained(folder) if (folder / "config.json").is_file() else None
+    index = Path(cfg.init) / "model_index.json"
+    listed = index.is_file() and LatentDiffusionLMPipeline.load_config(cfg.init).get("weak_transformer", [None])[0]
+    return LatentDiT.from_pretrained(folder) if listed and (folder / "config.json").is_file() else None
 
 
 def _sampling_defaults(cfg: DiTExperiment, transformer: LatentDiT) -> dict:
