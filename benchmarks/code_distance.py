@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 100])
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--temperatures", type=float, nargs="+", default=None, help="starting-noise temperatures "
+                        "(default: the pipeline's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "code_distance"))
@@ -83,7 +84,7 @@ def main() -> None:
              for s in args.sigmas]
     rows = {f"references, σ={s:g}": {"distance": d, "sigma": s} for s, d in curve}
     for steps in args.steps:
-        for temperature in args.temperatures:
+        for temperature in args.temperatures or [pipe.config.temperature]:
             generator = torch.Generator(device=device).manual_seed(args.seed)
             latents = pipe(batch_size=args.samples, num_inference_steps=steps, generator=generator,
                            temperature=temperature, output_type="latent").latents

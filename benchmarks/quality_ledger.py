@@ -66,8 +66,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="*", default=[10, 25, 100])
     parser.add_argument("--snap", type=float, nargs="*", default=[], help="also sample at each step count with "
                         "each of these snapping fractions (see LatentDiffusionLMPipeline.denoise)")
-    parser.add_argument("--dit-temperatures", type=float, nargs="+", default=[1.0], help="sample ldlm at each "
-                        "step count with each of these starting-noise temperatures")
+    parser.add_argument("--dit-temperatures", type=float, nargs="+", default=None, help="sample ldlm at each "
+                        "step count with each of these starting-noise temperatures (default: the pipeline's)")
     parser.add_argument("--autoguidance", type=float, nargs="+", default=None, help="sample ldlm at each step "
                         "count with each of these autoguidance weights (default: the pipeline's)")
     parser.add_argument("--sigmas", type=float, nargs="*", default=[0.0, 0.3, 0.5])
@@ -103,7 +103,8 @@ def main() -> None:
         name = f"VAE reconstruction, σ={sigma:g}"
         systems[name], accuracy[name] = reconstruct(pipe.vae, pipe.tokenizer, references, sigma, args.seed)
     for steps in args.steps:
-        for snap, temperature, weight in itertools.product([0.0, *args.snap], args.dit_temperatures,
+        for snap, temperature, weight in itertools.product([0.0, *args.snap],
+                                                           args.dit_temperatures or [pipe.config.temperature],
                                                            args.autoguidance or [pipe.config.autoguidance]):
             name = (f"ldlm, {steps} steps" + (f", snap {snap:g}" if snap else "")
                     + (f", T={temperature:g}" if temperature != 1 else "") + (f", w={weight:g}" if weight != 1 else ""))

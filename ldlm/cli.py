@@ -65,7 +65,7 @@ def _check_sampling(args: argparse.Namespace, texts: list[str] = (), what: str =
             raise LdlmError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
     if not 0 <= args.snap <= 1:
         raise LdlmError(f"--snap must be a fraction of the steps in [0, 1], got {args.snap}")
-    if not 0 < args.temperature <= 2:
+    if args.temperature is not None and not 0 < args.temperature <= 2:
         raise LdlmError(f"--temperature must lie in (0, 2], got {args.temperature}")
     if args.autoguidance is not None and not (math.isfinite(args.autoguidance) and args.autoguidance >= 1):
         raise LdlmError(f"--autoguidance must be a finite number ≥ 1 (1: off), got {args.autoguidance}")
@@ -222,8 +222,8 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=25, help="denoising steps")
     p.add_argument("--snap", type=float, default=0.0, help="snap the clean estimate onto the VAE's code in this "
                    "last fraction of the steps (0: never, 1: every step)")
-    p.add_argument("--temperature", type=float, default=1.0, help="scale of the starting noise: below 1 trades "
-                   "diversity for fluency at no cost")
+    p.add_argument("--temperature", type=float, default=None, help="scale of the starting noise (default: the "
+                   "pipeline's): below 1 trades diversity for fluency at no cost")
     p.add_argument("--autoguidance", type=float, default=None, help="weight of the model against the pipeline's "
                    "weak transformer (default: the pipeline's; 1: off)")
     p.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
-"""The shipped checkpoint gives exactly these texts for these seeds: sampling (with its default autoguidance, and
-without), prompts with classifier-free guidance, infilling, long generation, gradient guidance, snapping and the VAE
-round trip are pinned, so a refactor cannot change them."""
+"""The shipped checkpoint gives exactly these texts for these seeds: sampling (with its default autoguidance and
+temperature, and without autoguidance), prompts with classifier-free guidance, infilling, long generation, gradient
+guidance, snapping and the VAE round trip are pinned, so a refactor cannot change them."""
 import pytest
 import torch
 
@@ -25,26 +25,27 @@ def _seeded(seed: int) -> torch.Generator:
 
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
-        'Cocum is a low price, low priced and offers welcome.',
-        'Fitzbillies is child-friendly priced English coffee shop called The Mill combination',
-        'The coffee shop Shop in an English coffee shop with customer ratings, serving Chinese food. Should low '
-        'customer ratings and is an located in city centre.',
+        'Clowns is a high price at a pub that offers English food. It is located near Raja Portland Arms.',
+        'Fitzbillies is child-friendly serving English food and called The Cambridge Blue Plaza Hotel and is average '
+        'rating.',
+        'The Golden Palace located in the crossroads near Express by Holiday Inn, serving Chinese food. It is located '
+        'near the city  located in the city centre',
     ]
 
 
 def test_autoguidance_off(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0), autoguidance=1).texts == [
-        'Clowns is a moderate price range a restaurant that serves English coffee shop with The Bakers.',
-        'Fitzbill Palace is family-friendly serving English food and is The Wrestanasia',
-        'The Golden Palace has a great English coffee shop with weekend rating star serving Chinese food. It high '
-        'customer rating and is kid located in our centre.',
+        'Clowns is a moderate price range a restaurant that serves English coffee shop with is by the city centre',
+        'Fitzbillies is family-friendly serving English food and is The Wrest Plaza Hotel and has low rating.',
+        'The Golden Palace has a great court coffee shop with Holiday rating star serving Chinese food. They high '
+        'customer rating and is kid located in this city.',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Cocum is a high price, high priced and offers welcome.',
-        'Fitzbillies is child-friendly priced English coffee shop called The Mill.',
+        'Clowns is a high price at a pub that offers English food. It is located near Caf Portland Arms.',
+        'Fitzbillies is child-friendly serving English food and called The Wrest Plaza Hotel and is low rating.',
     ]
 
 
@@ -52,22 +53,22 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer, of cheap '
-        'Italy',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high starsies restaurant is '
-        'a 3 out of 5  not.  Theyrath only a two. in city. with cloud with just paid',
-        'Zizzi is a higher, . located on in recite lit"]), enjoyakers child never room, can be legal.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a highé near Crowne Plaza '
+        'Pub-ouds serves Soft area.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high-friendly pub with a 1 '
+        'out of 5 but it 5 equations unless can a go,  place pub',
+        'Zizzi is a rated,5. The family friendly of familyéctoryitius sells Eger Tr must be found.',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. restaurant, £20- treeia coffee shop.ICS '
-        'area. and is family friendly It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. prices, £20-.poll coffee shop-inity place. '
+        'that is family friendly It is family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.   low. It serves Blue Spice and the food,  '
-        'Inf- bothered. It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food.   family. It serves Fast foodice and all '
+        'food,  moderately- bothered. It is family friendly.',
     ]
 
 
@@ -80,9 +81,13 @@ def test_long_generation_groups(pipe):
             '',
         ],
         [
-            'The Eagle is a both visit and price range rating with customer range of average. natural  and provides '
-            'wine of wild and',
-            'The Eagle is adult author Man, the rated is coffee. serving restaurant with apite',
+            'The Eagle is average which serving a prices reviews, near Caf range and words serving.  and St sex at '
+            'all to Ranch- Express to is the. The',
+            'The Eagle is non author persons and a rated one star, serving restaurant with a priced',
+        ],
+        [
+            ' Raja Indian Cuisine is is family friendly.',
+            '',
         ],
     ]
 
@@ -90,8 +95,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'pub an Italian Italian and in food takeaughters is there the and matter too The, Italian food. only comes '
-        'suitable[ by differences price range is £20',
+        'servers that serves Italian and a price only your in the the be want as partial of Italian restaurant, not '
+        'has a , the price range of £20',
     ]
 
 

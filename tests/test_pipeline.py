@@ -192,6 +192,45 @@ def test_temperature_scales_the_starting_noise(make_pipeline):
     assert torch.equal(cold, sample(0.5 * noise)) and not torch.allclose(cold, sample(noise))
 
 
+def test_the_default_temperature_is_saved_with_the_pipeline_and_used_by_every_entry_point(make_pipeline, tmp_path):
+    from ldlm.pipelines.long_generation import LongGeneration
+
+    pipe = make_pipeline()
+    assert pipe.config.temperature == 1.0
+    type(pipe)(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, temperature=0.5).save_pretrained(
+        tmp_path / "cold")
+    cold = LatentDiffusionLMPipeline.from_pretrained(tmp_path / "cold")
+    cold.set_progress_bar_config(disable=True)
+    assert cold.config.temperature == 0.5
+    calls = {
+        "call": lambda p, **kw: p(batch_size=2, num_inference_steps=3, output_type="latent", **kw).latents,
+        "infill": lambda p, **kw: p.infill(["The Eagle", None], num_inference_steps=3, output_type="latent",
+                                           **kw).latents,
+        "long": lambda p, **kw: LongGeneration(p, None, num_documents=2, new_blocks=2, num_inference_steps=2,
+                                               **kw).fixed_ids(20),
+    }
+    for name, call in calls.items():
+        default = call(cold, generator=_seeded())
+        assert torch.equal(default, call(cold, generator=_seeded(), temperature=0.5)), name
+        assert not torch.equal(default, call(cold, generator=_seeded(), temperature=1.0)), name
+    with pytest.raises(ValueError, match="temperature must be a number in"):
+        type(pipe)(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, temperature=3.0)
+
+
+def test_the_cli_samples_at_the_pipeline_temperature_unless_told(make_pipeline, tmp_path, capsys):
+    pipe = make_pipeline()
+    type(pipe)(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, temperature=0.5).save_pretrained(
+        tmp_path / "cold")
+
+    def texts(*extra: str) -> str:
+        assert main(["generate", "--model", str(tmp_path / "cold"), "--num-samples", "3", "--steps", "3",
+                     *extra]) == 0
+        return capsys.readouterr().out
+
+    default = texts()
+    assert default == texts("--temperature", "0.5") and default != texts("--temperature", "1.5")
+
+
 def test_step_callback_sees_and_can_replace_the_latents(make_pipeline):
     pipe = make_pipeline()
     calls = []

@@ -276,12 +276,12 @@ def test_an_export_from_init_keeps_its_weak_transformer_and_defaults(vae_dir, tm
     torch.manual_seed(0)
     weak = LatentDiT.from_config(pipe.transformer.config)
     LatentDiffusionLMPipeline(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, weak, 2.5,
-                              new_blocks=3).save_pretrained(tmp_path / "guided")
+                              new_blocks=3, temperature=1.1).save_pretrained(tmp_path / "guided")
     runs = {"distilled": ["diffusion.scheduler=ddim", "diffusion.distill_steps=2"], "warm": []}
     for name, extra in runs.items():
         out = LatentDiffusionLMPipeline.from_pretrained(train_dit(load_config(DiTExperiment, None, _overrides(
             vae_dir, tmp_path / name, f"init={tmp_path / 'guided'}", "train.max_steps=1", "sample.every=0", *extra))))
-        assert (out.config.autoguidance, out.config.new_blocks) == (2.5, 3), name
+        assert (out.config.autoguidance, out.config.new_blocks, out.config.temperature) == (2.5, 3, 1.1), name
         kept = out.weak_transformer.state_dict()
         assert all(torch.equal(kept[k], v.to(kept[k].dtype)) for k, v in weak.state_dict().items()), name
     with pytest.warns(UserWarning, match="does not fit"):  # longer windows than the weak transformer's
@@ -291,7 +291,7 @@ def test_an_export_from_init_keeps_its_weak_transformer_and_defaults(vae_dir, tm
     out = LatentDiffusionLMPipeline.from_pretrained(longer)
     assert (out.weak_transformer, out.config.autoguidance, out.config.new_blocks) == (None, 1.0, 3)
     fresh = LatentDiffusionLMPipeline.from_pretrained(first)
-    assert (fresh.weak_transformer, fresh.config.autoguidance) == (None, 1.0)
+    assert (fresh.weak_transformer, fresh.config.autoguidance, fresh.config.temperature) == (None, 1.0, 1.0)
 
 
 def test_a_weak_transformer_its_pipeline_no_longer_lists_is_not_read(vae_dir, tmp_path):

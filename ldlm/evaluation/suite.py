@@ -140,7 +140,7 @@ def read_samples(path: str) -> list[str]:
 
 
 def sample_texts(pipe, num_samples: int, steps: int, seed: int, batch_size: int = GENERATION_BATCH,
-                 snap: float = 0.0, temperature: float = 1.0, autoguidance: float | None = None) -> list[str]:
+                 snap: float = 0.0, temperature: float | None = None, autoguidance: float | None = None) -> list[str]:
     """Unconditional samples of a loaded pipeline, in batches from one seeded generator (fixed batches: a seed gives
     the same samples in ``ldlm eval`` and ``benchmarks/generation_report.py``); ``snap``, ``temperature`` and
     ``autoguidance`` as for ``denoise``."""

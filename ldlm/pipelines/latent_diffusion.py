@@ -52,6 +52,12 @@ def check_new_blocks(new_blocks, window: int) -> None:
                          f"{new_blocks!r}")
 
 
+def check_temperature(temperature) -> None:
+    """ValueError unless ``temperature`` (the scale of the starting noise) is a number in (0, 2]."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature <= 2:
+        raise ValueError(f"temperature must be a number in (0, 2], got {temperature!r}")
+
+
 def window_starts(blocks: int, window: int) -> list[int]:
     """First blocks of the windows that cover ``blocks`` blocks half a window apart, the last one flush with the end."""
     starts = list(range(0, blocks - window + 1, max(1, window // 2)))
@@ -70,9 +76,9 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
 
     Autoguidance: with a ``weak_transformer`` (a weaker LatentDiT of the same latent code: smaller or less trained),
     every step's model output is ``weak + w · (transformer − weak)``: steering away from what the weak model predicts
-    sharpens the samples. ``autoguidance`` is the default ``w`` (1: off), saved with the pipeline, as is
-    ``new_blocks``, the blocks per group ``LongGeneration`` writes by default (None: half the window), chosen by
-    measuring the model.
+    sharpens the samples. ``autoguidance`` is the default ``w`` (1: off), saved with the pipeline, as are
+    ``temperature``, the default scale of the starting noise, and ``new_blocks``, the blocks per group
+    ``LongGeneration`` writes by default (None: half the window), each chosen by measuring the model.
     """
 
     model_cpu_offload_seq = "transformer->weak_transformer->vae"
@@ -80,10 +86,11 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
 
     def __init__(self, vae: TextVAE, transformer: LatentDiT, scheduler, tokenizer,
                  weak_transformer: LatentDiT | None = None, autoguidance: float = 1.0,
-                 new_blocks: int | None = None) -> None:
+                 new_blocks: int | None = None, temperature: float = 1.0) -> None:
         super().__init__()
         if new_blocks is not None:
             check_new_blocks(new_blocks, transformer.config.max_blocks)
+        check_temperature(temperature)
         for name, module in (("vae", vae), ("transformer", transformer), ("weak_transformer", weak_transformer)):
             weights = {} if module is None else module.state_dict()
             bad = next((k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()), None)
@@ -91,7 +98,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                 raise ValueError(f"the {name} weights hold NaN or infinite values (first in {bad})")
         self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler, tokenizer=tokenizer,
                               weak_transformer=weak_transformer)
-        self.register_to_config(autoguidance=autoguidance, new_blocks=new_blocks)
+        self.register_to_config(autoguidance=autoguidance, new_blocks=new_blocks, temperature=temperature)
 
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)
@@ -129,7 +136,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         return objective
 
     def check_inputs(self, num_inference_steps: int, guidance_scale: float, guidance, num_samples_per_prompt: int = 1,
-                     output_type: str = "text", snap: float = 0.0, temperature: float = 1.0,
+                     output_type: str = "text", snap: float = 0.0, temperature: float | None = None,
                      autoguidance: float | None = None) -> None:
         """ValueError for the arguments every entry point shares, for a scheduler that does not fit the
         transformer (see :attr:`objective`), and for autoguidance without a weak transformer that fits it."""
@@ -146,8 +153,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                              "ldlm.pipelines.guidance.GradientGuidance")
         if isinstance(snap, bool) or not isinstance(snap, (int, float)) or not 0 <= snap <= 1:
             raise ValueError(f"snap must be a fraction of the steps in [0, 1], got {snap!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature <= 2:
-            raise ValueError(f"temperature must be a number in (0, 2], got {temperature!r}")
+        check_temperature(self.config.temperature if temperature is None else temperature)
         if output_type not in ("text", "latent"):
             raise ValueError(f"output_type must be 'text' or 'latent', got {output_type!r}")
         _ = self.objective
@@ -247,7 +253,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         guidance: Callable | None = None,
         replace: bool = False,
         snap: float = 0.0,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         autoguidance: float | None = None,
         latents: torch.Tensor | None = None,
         callback_on_step_end: StepCallback | None = None,
@@ -259,16 +265,17 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         into every clean estimate. ``guidance(pipe, x0, t)`` returns an improved clean estimate (gradient guidance).
         ``snap``: in this last fraction of the steps the clean estimate is snapped onto the VAE's code (decoded to
         tokens and encoded again, :meth:`TextVAE.snap_sequence`): one decoder and encoder pass per such step.
-        ``temperature`` scales the starting noise: below 1 the sampler trades diversity for fluency, at no cost.
-        ``autoguidance``: the weight ``w`` of the strong transformer against the weak one (None: the pipeline's
-        default; 1: off, and the weak one is not run). ``latents``: the starting noise (B, N, C), drawn from
-        ``generator`` when None.
+        ``temperature`` scales the starting noise (None: the pipeline's default): below 1 the sampler trades
+        diversity for fluency, above 1 fluency for diversity, at no cost. ``autoguidance``: the weight ``w`` of the
+        strong transformer against the weak one (None: the pipeline's default; 1: off, and the weak one is not run).
+        ``latents``: the starting noise (B, N, C), drawn from ``generator`` when None.
         ``callback_on_step_end(pipe, i, t, {name: value})`` sees the step's locals named in
         ``callback_on_step_end_tensor_inputs`` after each step and may return new ``latents``."""
         self.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap, temperature=temperature,
                           autoguidance=autoguidance)
         objective = self.objective
         autoguidance = self.config.autoguidance if autoguidance is None else autoguidance
+        temperature = self.config.temperature if temperature is None else temperature
         held = held if held and any(held) else None  # rows with nothing held are no work
         b, n, c = known.shape
         device = known.device
@@ -341,7 +348,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
         snap: float = 0.0,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         autoguidance: float | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "text",
@@ -406,7 +413,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         guidance: Callable | None = None,
         snap: float = 0.0,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         autoguidance: float | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "text",

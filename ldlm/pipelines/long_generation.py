@@ -46,7 +46,7 @@ class LongGeneration:
         generator: torch.Generator | None = None,
         guidance: Callable | None = None,
         snap: float = 0.0,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         autoguidance: float | None = None,
         stop_at_eos: bool = True,
         max_repeat: float = 0.5,

@@ -221,15 +221,15 @@ def _init_weak(cfg: DiTExperiment) -> LatentDiT | None:
 
 
 def _sampling_defaults(cfg: DiTExperiment, transformer: LatentDiT) -> dict:
-    """What the exported pipeline keeps of init's sampling defaults (weak transformer, autoguidance, new_blocks): all
-    of them for a model still sampled as init's was (a warm start, an unguided distillation); none for a fresh run or
-    a guided distillation, whose student has the guidance built in. A weak transformer that does not fit the longer
-    windows of a warm start is dropped with a warning."""
+    """What the exported pipeline keeps of init's sampling defaults (weak transformer, autoguidance, new_blocks,
+    temperature): all of them for a model still sampled as init's was (a warm start, an unguided distillation); none
+    for a fresh run or a guided distillation, whose student has the guidance built in. A weak transformer that does
+    not fit the longer windows of a warm start is dropped with a warning."""
     guided = cfg.diffusion.distill_autoguidance > 1
     if cfg.init is None or guided or not (Path(cfg.init) / "model_index.json").is_file():
         return {}
     saved = LatentDiffusionLMPipeline.load_config(cfg.init)
-    defaults = {"new_blocks": saved.get("new_blocks")}
+    defaults = {"new_blocks": saved.get("new_blocks"), "temperature": saved.get("temperature", 1.0)}
     weak = _init_weak(cfg)
     if weak is None:
         return defaults
