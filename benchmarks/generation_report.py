@@ -71,7 +71,9 @@ def main() -> None:
         print(f"\nPrompted ({shown} steps, guidance scale {scale}):")
         for text in texts:
             print(f"- {text}")
-    Path(args.output).write_text(json.dumps({"rows": rows, "samples": {str(k): v for k, v in samples.items()},
+    sampling = {"temperature": pipe.config.temperature, "autoguidance": pipe.config.autoguidance}
+    Path(args.output).write_text(json.dumps({"sampling": sampling, "rows": rows,
+                                             "samples": {str(k): v for k, v in samples.items()},
                                              "prompted": prompted}, indent=1))
     plot(rows, args.steps, Path(args.output).with_suffix(".png"))
 

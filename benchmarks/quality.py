@@ -78,7 +78,8 @@ def main() -> None:
     print(format_table(rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    config = {**vars(args), "device": args.device, "threads": torch.get_num_threads(), "ar_tokens": window}
+    config = {**vars(args), "device": args.device, "threads": torch.get_num_threads(), "ar_tokens": window,
+              "temperature": pipe.config.temperature, "autoguidance": pipe.config.autoguidance}
     out.with_suffix(".json").write_text(json.dumps({"config": config, "systems": rows, "samples": systems},
                                                    indent=1, ensure_ascii=False))
     plot(rows, args.steps, out.with_suffix(".png"))

@@ -215,17 +215,24 @@ def test_the_default_temperature_is_saved_with_the_pipeline_and_used_by_every_en
         assert not torch.equal(default, call(cold, generator=_seeded(), temperature=1.0)), name
     with pytest.raises(ValueError, match="temperature must be a number in"):
         type(pipe)(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, temperature=3.0)
+    index = json.loads((tmp_path / "cold" / "model_index.json").read_text())
+    del index["temperature"]  # saved before the pipeline saved one
+    (tmp_path / "cold" / "model_index.json").write_text(json.dumps(index))
+    assert LatentDiffusionLMPipeline.from_pretrained(tmp_path / "cold").config.temperature == 1.0
 
 
-def test_the_cli_samples_at_the_pipeline_temperature_unless_told(make_pipeline, tmp_path, capsys):
+@pytest.mark.parametrize("command", [
+    ["generate", "--num-samples", "3"], ["infill", "The Eagle", "_"], ["longgen", "--max-tokens", "40"]])
+def test_the_cli_samples_at_the_pipeline_temperature_unless_told(make_pipeline, tmp_path, capsys, command):
     pipe = make_pipeline()
     type(pipe)(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, temperature=0.5).save_pretrained(
         tmp_path / "cold")
+    output = tmp_path / "doc.txt"
 
     def texts(*extra: str) -> str:
-        assert main(["generate", "--model", str(tmp_path / "cold"), "--num-samples", "3", "--steps", "3",
-                     *extra]) == 0
-        return capsys.readouterr().out
+        write = ["--output", str(output), "--overwrite"] if command[0] == "longgen" else []
+        assert main([*command, "--model", str(tmp_path / "cold"), "--steps", "3", *write, *extra]) == 0
+        return output.read_text() if write else capsys.readouterr().out
 
     default = texts()
     assert default == texts("--temperature", "0.5") and default != texts("--temperature", "1.5")

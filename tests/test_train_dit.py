@@ -289,7 +289,8 @@ def test_an_export_from_init_keeps_its_weak_transformer_and_defaults(vae_dir, tm
             vae_dir, tmp_path / "longer", f"init={tmp_path / 'guided'}", "data.max_blocks=6", "train.max_steps=1",
             "sample.every=0")))
     out = LatentDiffusionLMPipeline.from_pretrained(longer)
-    assert (out.weak_transformer, out.config.autoguidance, out.config.new_blocks) == (None, 1.0, 3)
+    assert (out.weak_transformer, out.config.autoguidance, out.config.new_blocks, out.config.temperature) == (
+        None, 1.0, 3, 1.1)
     fresh = LatentDiffusionLMPipeline.from_pretrained(first)
     assert (fresh.weak_transformer, fresh.config.autoguidance, fresh.config.temperature) == (None, 1.0, 1.0)
 
@@ -316,13 +317,15 @@ def test_guided_distillation_bakes_the_weak_transformer_in(vae_dir, tmp_path):
     first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
     pipe = LatentDiffusionLMPipeline.from_pretrained(first)
     weak = LatentDiT.from_config(pipe.transformer.config)
-    guided = LatentDiffusionLMPipeline(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, weak, 2.0)
+    guided = LatentDiffusionLMPipeline(pipe.vae, pipe.transformer, pipe.scheduler, pipe.tokenizer, weak, 2.0,
+                                       temperature=1.1)
     guided.save_pretrained(tmp_path / "guided")
     student = train_dit(load_config(DiTExperiment, None, _overrides(
         vae_dir, tmp_path / "b", f"init={tmp_path / 'guided'}", "diffusion.scheduler=ddim",
         "diffusion.distill_steps=2", "diffusion.distill_autoguidance=2", "train.max_steps=3", "sample.every=0")))
     out = LatentDiffusionLMPipeline.from_pretrained(student)
     assert out.weak_transformer is None and out.config.autoguidance == 1  # the student runs alone
+    assert out.config.temperature == 1.0
     moved = LatentDiT.from_pretrained(student / "transformer").state_dict()
     assert any(not torch.equal(v, pipe.transformer.state_dict()[k]) for k, v in moved.items())
     small = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=2)  # shorter windows than the DiT

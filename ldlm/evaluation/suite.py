@@ -215,7 +215,9 @@ def eval_command(args: argparse.Namespace) -> dict:
     config = {"model": str(args.model or SHIPPED), "seed": args.seed, "references": args.references,
               "num_references": None if refs is None else len(refs), "train": args.train,
               "ppl_model": args.ppl_model, "mauve_features": args.mauve_features, "top_k": args.top_k}
-    config |= {"samples": args.samples} if args.samples else {"num_samples": args.num_samples, "steps": args.steps}
+    config |= {"samples": args.samples} if args.samples else {
+        "num_samples": args.num_samples, "steps": args.steps, "temperature": pipe.config.temperature,
+        "autoguidance": pipe.config.autoguidance}
     report = {"config": config, "systems": rows}
     if refs is not None:
         report["vae_reconstruction"] = vae_reconstruction(vae, tokenizer, refs)

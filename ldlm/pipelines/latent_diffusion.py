@@ -268,7 +268,8 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         ``temperature`` scales the starting noise (None: the pipeline's default): below 1 the sampler trades
         diversity for fluency, above 1 fluency for diversity, at no cost. ``autoguidance``: the weight ``w`` of the
         strong transformer against the weak one (None: the pipeline's default; 1: off, and the weak one is not run).
-        ``latents``: the starting noise (B, N, C), drawn from ``generator`` when None.
+        ``latents``: the starting unit noise (B, N, C), scaled by the temperature as drawn noise is, drawn from
+        ``generator`` when None.
         ``callback_on_step_end(pipe, i, t, {name: value})`` sees the step's locals named in
         ``callback_on_step_end_tensor_inputs`` after each step and may return new ``latents``."""
         self.check_inputs(num_inference_steps, guidance_scale, guidance, snap=snap, temperature=temperature,

@@ -240,7 +240,7 @@ class SampleConfig:
 class DiTExperiment:
     vae: str = "checkpoints/ldlm-e2e-smollm2"  # exported VAE (training output, pipeline, or VAE folder + tokenizer/)
     init: Optional[str] = None  # a pipeline folder whose transformer weights start training (same shape); the export
-    # keeps its weak transformer, autoguidance and new_blocks unless the distillation is guided (DESIGN.md)
+    # keeps its weak transformer, autoguidance, temperature and new_blocks unless the distillation is guided (DESIGN.md)
     data: DiTDataConfig = field(default_factory=DiTDataConfig)
     model: PresetConfig = field(default_factory=PresetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
