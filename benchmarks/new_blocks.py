@@ -7,7 +7,8 @@ context each group sees. Speed and quality of one long-document pipeline at each
 Speed: tokens/s of ``LongGeneration.fixed_ids`` (exactly ``--tokens`` positions, batch 1, median of ``--repeats``
 after a warm-up). Quality: ``--samples`` unconditional documents through LongGeneration (anti-loop off, EOS dropped),
 scored by gen-PPL under SmolLM2, Div and distinct-2, with the tokens each document reached. ``new_blocks`` equal to
-the window means no context at all. E2E texts fit one window, so this needs a model trained on long documents.
+the window means no context at all. On the E2E pipeline, whose texts fit one window, the documents are streams of
+texts, as the 256-token outputs of ``speed.py`` are.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ def test_shipped_pipeline_generates_deterministically():
     pipe = load_pipeline()
     assert pipe.transformer.dtype == torch.float32 and pipe.scheduler.config.timestep_spacing == "trailing"
     shape = lambda model: {k: v for k, v in model.config.items() if not k.startswith("_")}  # noqa: E731
-    assert (pipe.config.autoguidance, pipe.config.temperature) == (3.0, 1.07)
+    assert (pipe.config.autoguidance, pipe.config.temperature, pipe.config.new_blocks) == (3.0, 1.07, 4)
     assert shape(pipe.weak_transformer) == shape(pipe.transformer)
     run = lambda: pipe(["The Eagle is a coffee shop"], num_samples_per_prompt=2, num_inference_steps=5,  # noqa: E731
                        generator=torch.Generator().manual_seed(0)).texts
