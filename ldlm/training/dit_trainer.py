@@ -229,7 +229,7 @@ def _sampling_defaults(cfg: DiTExperiment, transformer: LatentDiT) -> dict:
     if cfg.init is None or guided or not (Path(cfg.init) / "model_index.json").is_file():
         return {}
     saved = LatentDiffusionLMPipeline.load_config(cfg.init)
-    defaults = {"new_blocks": saved.get("new_blocks"), "temperature": saved.get("temperature", 1.0)}
+    defaults = {key: saved[key] for key in ("new_blocks", "temperature") if key in saved}  # else the pipeline's own
     weak = _init_weak(cfg)
     if weak is None:
         return defaults
