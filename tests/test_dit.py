@@ -110,3 +110,50 @@ def test_bad_objective_arguments():
         DiffusionObjective("vp", timestep_sampling="cosine")
     with pytest.raises(ValueError, match="min_snr_gamma"):
         DiffusionObjective("vp", min_snr_gamma=0.0)
+
+
+def _ada_calls(model: LatentDiT) -> list[int]:
+    """A list that grows by one each time a block's adaLN modulation is computed."""
+    calls = []
+    for block in model.blocks:
+        block.ada.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_the_modulation_is_reused_at_inference_until_the_weights_change():
+    def random_model(seed: int) -> LatentDiT:
+        torch.manual_seed(seed)
+        model = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4)
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        return model
+
+    model, other = random_model(0), random_model(1)
+    calls, x = _ada_calls(model), torch.randn(3, 8, 8)
+    with torch.no_grad():
+        first = model(x, torch.full((3,), 7))
+        assert len(calls) == 2 and torch.equal(model(x, torch.full((3,), 7)), first) and len(calls) == 2
+        model(x, 8)  # another timestep is computed
+        assert len(calls) == 4
+    torch.testing.assert_close(model(x, 7), first, rtol=1e-4, atol=1e-4)  # with autograd: computed every time
+    assert len(calls) == 6
+    with torch.no_grad():
+        model.blocks[1].ada[1].weight.mul_(2)  # an in-place update (an optimizer or EMA step) voids that block's memo
+        assert not torch.allclose(model(x, 7), first) and len(calls) == 7
+        model.t_embed[0].weight.mul_(2)  # and the timestep embedding's
+        fresh = random_model(0)
+        fresh.load_state_dict(model.state_dict())
+        assert torch.equal(model(x, 7), fresh(x, 7)) and len(calls) == 9  # every block's, from the new embedding
+        model.load_state_dict(other.state_dict())  # new weights copied in
+        assert torch.equal(model(x, 7), other(x, 7)) and len(calls) == 11
+        model(x, torch.tensor([7, 8, 7]))  # rows at different timesteps: computed for the batch, not kept
+        assert len(calls) == 13 and len(model.memo.values) == 1
+
+
+def test_training_still_reaches_the_modulation_weights():
+    model = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4)
+    torch.nn.init.normal_(model.out.weight, std=0.2)
+    with torch.no_grad():
+        model(torch.randn(2, 8, 8), 5)  # memoized
+    model(torch.randn(2, 8, 8), 5).square().sum().backward()
+    assert all(block.ada[1].weight.grad is not None for block in model.blocks)
