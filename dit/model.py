@@ -107,7 +107,7 @@ class LatentDiT(ModelMixin, ConfigMixin):
 
     The timestep embedding and the adaLN modulations depend on the timestep alone: without autograd, on a CPU, when
     every row is at one timestep, they come from a memo (:class:`TimestepMemo`, not for a model FSDP shards), which
-    makes a batch-1 sampling call about 1.3× as fast.
+    makes a batch-1 sampling call about 1.2× as fast.
 
     Input per position: the noisy latent, the self-conditioning estimate of the clean latent (zeros when absent) and
     a flag saying whether the position is a clean context latent (a prompt or earlier blocks, given as is) or one to
