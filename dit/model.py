@@ -37,6 +37,8 @@ class TimestepMemo:
             upstream: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """The rows (1, ·) of ``compute()`` (a batch whose rows are all at the timestep of ``key``, computed from
         ``upstream`` if given), from the memo when it holds them."""
+        if any(p.is_inference() for p in weights):  # made under inference_mode: no version to see updates by
+            return tuple(value[:1] for value in compute())
         state = [(p, p._version) for p in weights]  # an in-place update bumps a tensor's version
         if len(state) != len(self.weights) or any(p is not q or v != w for (p, v), (q, w) in zip(state, self.weights)):
             self.values, self.weights = {}, state

@@ -150,6 +150,16 @@ def test_the_modulation_is_reused_at_inference_until_the_weights_change():
         assert len(calls) == 13 and len(model.memo.values) == 1
 
 
+def test_a_model_made_under_inference_mode_samples_without_the_memo():
+    with torch.inference_mode():
+        model = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4)
+        torch.nn.init.normal_(model.out.weight, std=0.2)
+        x = torch.randn(2, 8, 8)
+        first = model(x, 5)
+        torch.nn.init.normal_(model.blocks[0].ada[1].weight, std=0.2)  # an update no version counter records
+        assert not torch.equal(model(x, 5), first) and not model.memo.values
+
+
 def test_training_still_reaches_the_modulation_weights():
     model = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4)
     torch.nn.init.normal_(model.out.weight, std=0.2)
