@@ -8,7 +8,7 @@ FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and a
 attention kernel is taught to it here) and checked against an analytic count from the config, which replaces it if
 they differ (xformers attention on CUDA is invisible to the counter); elementwise work (norms, activations, adaLN
 modulation) is not counted, as usual. The forward is timed as a sampler runs it: on a CPU, the timestep's adaLN
-modulation is reused from ``LatentDiT.modulation``'s memo, and then neither counted nor timed.
+modulation comes from the DiT's memo (``ldlm.dit.model.TimestepMemo``) and is neither counted nor timed.
 """
 from __future__ import annotations
 
