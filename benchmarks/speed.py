@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", help="weights of ldlm's DiTs and of the AR model alike "
+                        "(float32 | bfloat16 | float16; ldlm's VAE stays fp32)")
     parser.add_argument("--quick", action="store_true",
                         help="batch 1 and 16, 256 tokens, 10 steps, 1 round, 5 headline pairs")
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "speed"))
@@ -198,15 +200,16 @@ def main() -> None:
     lengths = sorted(set(args.tokens) | {HEADLINE["tokens"]})
     batches = sorted(set(args.batch_sizes) | {HEADLINE["batch"]})
 
-    pipe = load_pipeline(args.model).to(device)
+    pipe = load_pipeline(args.model, dtype=args.dtype).to(device)
     block = pipe.vae.config.block_length
     if any(n % block for n in lengths):
         raise SystemExit(f"--tokens must be multiples of the block length {block}, got {' '.join(map(str, lengths))}")
     model, ar_note = load_baseline(args.ar, pipe.vae)
-    model = model.to(device)
+    model = model.to(device, getattr(torch, args.dtype))
     window = pipe.transformer.config.max_blocks * block
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"{torch.get_num_threads()} threads; ldlm window {window} tokens; AR baseline: {ar_note}", flush=True)
+          f"{torch.get_num_threads()} threads, {args.dtype} weights; ldlm window {window} tokens; AR baseline: "
+          f"{ar_note}", flush=True)
 
     b, n, s = HEADLINE["batch"], HEADLINE["tokens"], HEADLINE["steps"]
     rows = []
@@ -243,7 +246,7 @@ def main() -> None:
     speedup = summarize(headline["speedups"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": args.dtype,
             "model": args.model or "shipped", "ar": ar_note, "new_blocks": args.new_blocks, "repeats": args.repeats,
             "pairs": args.pairs, "quick": args.quick}
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows, "profile": prof,

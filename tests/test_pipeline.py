@@ -9,8 +9,9 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from ldlm.cli import main
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import FLOW_SCHEDULERS, VP_SCHEDULERS, make_scheduler
+from ldlm.errors import LdlmError
 from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
-from ldlm.pipelines.loading import load_vae
+from ldlm.pipelines.loading import load_pipeline, load_vae
 
 
 def _seeded(seed: int = 0) -> torch.Generator:
@@ -344,6 +345,22 @@ def test_the_default_weight_and_the_weak_transformer_are_saved_with_the_pipeline
     make_pipeline().save_pretrained(tmp_path / "plain")  # no weak transformer: autoguidance is off by default
     plain = LatentDiffusionLMPipeline.from_pretrained(tmp_path / "plain")
     assert plain.weak_transformer is None and plain.config.autoguidance == 1.0
+
+
+def test_the_dits_load_in_another_dtype_with_the_vae_in_fp32(make_pipeline, tmp_path, capsys):
+    _with_weak(make_pipeline()).save_pretrained(tmp_path / "pipe")
+    pipe = load_pipeline(tmp_path / "pipe", dtype="bfloat16")
+    assert pipe.transformer.dtype == pipe.weak_transformer.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    out = pipe(batch_size=2, num_inference_steps=3, autoguidance=2.0, generator=_seeded())
+    assert len(out.texts) == 2 and out.latents.dtype == torch.float32 and torch.isfinite(out.latents).all()
+    with pytest.raises(LdlmError, match="dtype must be one of"):
+        load_pipeline(tmp_path / "pipe", dtype="int8")
+    assert main(["generate", "--model", str(tmp_path / "pipe"), "--num-samples", "2", "--steps", "3",
+                 "--dtype", "bfloat16"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert main(["generate", "--model", str(tmp_path / "pipe"), "--steps", "3", "--dtype", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "dtype must be one of" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("weak,weight,message", [

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from diffusers.utils import logging as diffusers_logging
+from torch import nn
 
 from ldlm.align.teacher import load_tokenizer, pad_id_of
 from ldlm.dit.objective import scheduler_class
@@ -15,13 +17,18 @@ from ldlm.vae.model import TextVAE
 SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "ldlm-e2e-smollm2"
 SHIPPED_LONG = SHIPPED.parent / "ldlm-kjv-smollm2"  # the long-document pipeline (KJV), `ldlm longgen`'s default
 SHIPPED_CONTENT = SHIPPED.parent / "e2e-guidance" / "content"  # trained on the shipped VAE's latents
+DIT_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def load_pipeline(path: str | Path | None = None, scheduler: str | None = None,
-                  default: Path = SHIPPED) -> LatentDiffusionLMPipeline:
+def load_pipeline(path: str | Path | None = None, scheduler: str | None = None, default: Path = SHIPPED,
+                  dtype: str = "float32") -> LatentDiffusionLMPipeline:
     """A pipeline from a folder (None: the shipped ``default``, the E2E one unless told), optionally with another
     scheduler by short name (built from the saved scheduler's config, so the noise schedule and prediction type carry
-    over)."""
+    over) and its DiTs (the transformer and the weak one) in another ``dtype``, one of :data:`DIT_DTYPES`; the VAE
+    and the sampler state stay fp32. bfloat16 keeps gen-PPL and is faster on CPUs with bf16 instructions
+    (docs/RESULTS.md)."""
+    if dtype not in DIT_DTYPES:
+        raise LdlmError(f"dtype must be one of {', '.join(DIT_DTYPES)}, got {dtype!r}")
     folder = Path(path) if path is not None else default
     if not (folder / "model_index.json").is_file():
         hint = "" if path is not None else " (the shipped checkpoint comes with a source checkout; pass --model)"
@@ -32,6 +39,9 @@ def load_pipeline(path: str | Path | None = None, scheduler: str | None = None,
     except (OSError, ValueError, KeyError, AttributeError, RuntimeError) as err:
         raise LdlmError(f"cannot load the pipeline at {folder}: {str(err).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
+    for model in (pipe.transformer, pipe.weak_transformer):
+        if model is not None:  # nn.Module.to: ModelMixin.to warns of fp32-only modules, and a LatentDiT has none
+            nn.Module.to(model, getattr(torch, dtype))
     if scheduler is not None:
         try:
             pipe.scheduler = scheduler_class(scheduler).from_config(pipe.scheduler.config)
