@@ -25,28 +25,37 @@ def _xformers_attention():
     return memory_efficient_attention
 
 
+@functools.lru_cache(maxsize=None)
+def _fsdp_module():
+    """FSDP2's module class when torch.distributed is built, else None."""
+    if not distributed_available():
+        return None
+    from torch.distributed.fsdp import FSDPModule
+    return FSDPModule
+
+
 class TimestepMemo:
     """Values computed from the timestep alone, kept as one row each per timestep (up to ``size`` timesteps) while
-    the weights they come from are the same tensors, unchanged in place, and so is the row of an upstream memo they
-    were computed from: at inference the same timesteps recur in every group of a long generation."""
+    the weights they come from are the same tensors, unchanged in place: at inference the same timesteps recur in
+    every group of a long generation."""
 
     def __init__(self, size: int = 256) -> None:
         self.size, self.values, self.weights = size, {}, []
 
-    def get(self, key: tuple, weights: list[torch.Tensor], compute: Callable[[], tuple[torch.Tensor, ...]],
-            upstream: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """The rows (1, ·) of ``compute()`` (a batch whose rows are all at the timestep of ``key``, computed from
-        ``upstream`` if given), from the memo when it holds them."""
+    def get(self, key: tuple, weights: list[torch.Tensor],
+            compute: Callable[[], list[torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+        """The rows (1, ·) of ``compute()`` (a batch whose rows are all at the timestep of ``key``), from the memo
+        when it holds them."""
         if any(p.is_inference() for p in weights):  # made under inference_mode: no version to see updates by
             return tuple(value[:1] for value in compute())
         state = [(p, p._version) for p in weights]  # an in-place update bumps a tensor's version
         if len(state) != len(self.weights) or any(p is not q or v != w for (p, v), (q, w) in zip(state, self.weights)):
             self.values, self.weights = {}, state
-        source, rows = self.values.get(key, (None, None))
-        if rows is None or source is not upstream:
+        rows = self.values.get(key)
+        if rows is None:
             rows = tuple(value[:1] for value in compute())
-            if len(self.values) < self.size or key in self.values:
-                self.values[key] = (upstream, rows)  # holding upstream keeps its identity unique
+            if len(self.values) < self.size:
+                self.values[key] = rows
         return rows
 
 
@@ -88,17 +97,13 @@ class DiTBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
-        self.memo = TimestepMemo()
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, memo: tuple[tuple, torch.Tensor] | None = None) -> torch.Tensor:
-        """``x`` (B, N, D) through the block at conditioning ``c`` (B, D). With ``memo`` = (key, the memoized row
-        ``c`` repeats), every row at the key's timestep, the modulation ``ada(c)`` comes from the block's memo."""
-        if memo is None:
-            modulation = self.ada(c)
-        else:
-            key, row = memo
-            modulation = self.memo.get(key, list(self.ada.parameters()), lambda: (self.ada(c),), row)[0]
-            modulation = modulation.expand(len(c), -1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None,
+                modulation: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B, N, D) through the block at conditioning ``c`` (B, D); ``modulation`` is ``ada(c)`` when the
+        caller already has it (LatentDiT's memo), else the block computes it (inside its own forward, as FSDP
+        needs)."""
+        modulation = self.ada(c) if modulation is None else modulation
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
@@ -203,28 +208,31 @@ class LatentDiT(ModelMixin, ConfigMixin):
         pos = (self.block_pos[: n // k, None] + self.slot_pos[None]).reshape(n, -1)
         x = self.x_embed(torch.cat([sample, self_cond], dim=-1)) + pos + context_mask[..., None] * self.context_flag
         t = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32).reshape(-1).expand(b)
-        key = (float(t[0]), x.dtype) if self._memoizes(t) else None
-
-        def conditioning() -> tuple[torch.Tensor, torch.Tensor]:
-            emb = get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0).to(x.dtype)
-            cond = self.t_embed(emb)
-            return cond, self.final_ada(cond)
-
-        if key is None:
-            cond, final = conditioning()
+        cond, modulations = None, [None] * len(self.blocks)
+        if self._memoizes(t):
+            sources = (self.t_embed, self.final_ada, *(block.ada for block in self.blocks))
+            weights = [p for module in sources for p in module.parameters()]
+            rows = self.memo.get((float(t[0]), x.dtype), weights, lambda: self._conditioning(t, x.dtype))
+            final, *modulations = (row.expand(b, -1) for row in rows)
         else:
-            row, final = self.memo.get(key, [*self.t_embed.parameters(), *self.final_ada.parameters()], conditioning)
-            cond, final = row.expand(b, -1), final.expand(b, -1)
-        for block in self.blocks:
-            x = block(x, cond, None if key is None else (key, row))
+            cond = self._embed(t, x.dtype)
+            final = self.final_ada(cond)
+        for block, modulation in zip(self.blocks, modulations):
+            x = block(x, cond, modulation)
         shift, scale = final.chunk(2, dim=-1)
         return self.out(modulate(self.final_norm(x), shift, scale))
+
+    def _embed(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.t_embed(get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0).to(dtype))
+
+    def _conditioning(self, t: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+        """The final layer's adaLN modulation, then each block's, at timesteps ``t``."""
+        cond = self._embed(t, dtype)
+        return [self.final_ada(cond), *(block.ada(cond) for block in self.blocks)]
 
     def _memoizes(self, t: torch.Tensor) -> bool:
         """Whether this forward reads the timestep's conditioning from the memo (see the class docstring)."""
         if torch.is_grad_enabled() or t.device.type != "cpu" or not bool((t == t[0]).all()):
             return False
-        if distributed_available():
-            from torch.distributed.fsdp import FSDPModule  # FSDP gathers weights into tensors it reuses
-            return not isinstance(self, FSDPModule)
-        return True
+        fsdp = _fsdp_module()  # FSDP gathers weights into tensors it reuses: no memo
+        return fsdp is None or not isinstance(self, fsdp)

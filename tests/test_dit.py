@@ -138,16 +138,16 @@ def test_the_modulation_is_reused_at_inference_until_the_weights_change():
     torch.testing.assert_close(model(x, 7), first, rtol=1e-4, atol=1e-4)  # with autograd: computed every time
     assert len(calls) == 6
     with torch.no_grad():
-        model.blocks[1].ada[1].weight.mul_(2)  # an in-place update (an optimizer or EMA step) voids that block's memo
-        assert not torch.allclose(model(x, 7), first) and len(calls) == 7
+        model.blocks[1].ada[1].weight.mul_(2)  # an in-place update (an optimizer or EMA step) voids the memo
+        assert not torch.allclose(model(x, 7), first) and len(calls) == 8
         model.t_embed[0].weight.mul_(2)  # and the timestep embedding's
         fresh = random_model(0)
         fresh.load_state_dict(model.state_dict())
-        assert torch.equal(model(x, 7), fresh(x, 7)) and len(calls) == 9  # every block's, from the new embedding
+        assert torch.equal(model(x, 7), fresh(x, 7)) and len(calls) == 10
         model.load_state_dict(other.state_dict())  # new weights copied in
-        assert torch.equal(model(x, 7), other(x, 7)) and len(calls) == 11
+        assert torch.equal(model(x, 7), other(x, 7)) and len(calls) == 12
         model(x, torch.tensor([7, 8, 7]))  # rows at different timesteps: computed for the batch, not kept
-        assert len(calls) == 13 and len(model.memo.values) == 1
+        assert len(calls) == 14 and len(model.memo.values) == 1
 
 
 def test_a_model_made_under_inference_mode_samples_without_the_memo():
