@@ -26,9 +26,9 @@ def _seeded(seed: int) -> torch.Generator:
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
         'Clowns is a high price at a pub that offers English food. It is located near Raja Portland Arms.',
-        'Fitzbillies is child-friendly serving English food and called The Cambridge Blue Plaza Hotel and is average '
+        'Fitzbillies is child-friendly serving English food and called The Cambridgene Plaza Hotel and is average '
         'rating.',
-        'The Golden Palace located in the crossroads near Express by Holiday Inn, serving Chinese food. It is located '
+        'The Golden Palace located in the river near Express by Holiday Inn, serving Chinese food. It is located '
         'near the city  located in the city centre',
     ]
 
@@ -37,15 +37,15 @@ def test_autoguidance_off(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0), autoguidance=1).texts == [
         'Clowns is a moderate price range a restaurant that serves English coffee shop with is by the city centre',
         'Fitzbillies is family-friendly serving English food and is The Wrest Plaza Hotel and has low rating.',
-        'The Golden Palace has a great court coffee shop with Holiday rating star serving Chinese food. They high '
-        'customer rating and is kid located in this city.',
+        'The Golden Palace has a great rent coffee shop with Holiday ratings average serving Chinese food. They high '
+        'customer rating and is kid located in our city.',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
         'Clowns is a high price at a pub that offers English food. It is located near Caf Portland Arms.',
-        'Fitzbillies is child-friendly serving English food and called The Wrest Plaza Hotel and is low rating.',
+        'Fitzbillies is child-friendly serving English food and called The Wrest Plaza Hotel and has low rating.',
     ]
 
 
@@ -53,22 +53,22 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a highé near Crowne Plaza '
-        'Pub-ouds serves Soft area.',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high-friendly pub with a 1 '
-        'out of 5 but it 5 equations unless can a go,  place pub',
-        'Zizzi is a rated,5. The family friendly of familyéctoryitius sells Eger Tr must be found.',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high one him the city  guy '
+        'The it be case� is a',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer rating and '
+        'has a 1 out of 5 out of 5 star piqued much be go a are the Kidelivery family friendly can went',
+        "Zizzi is a priced. food. It's located called The Crickideracuse near affection Blue House out in Cambridge.",
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. prices, £20-.poll coffee shop-inity place. '
-        'that is family friendly It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. prices, £20-. Wiring coffee The-abling,. '
+        'which is family friendly It is family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.   family. It serves Fast foodice and all '
-        'food,  moderately- bothered. It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food.  It low. It serves Blue foodities and '
+        'their food,  Inf-trust. It is family friendly.',
     ]
 
 
@@ -81,12 +81,12 @@ def test_long_generation_groups(pipe):
             '',
         ],
         [
-            'The Eagle is average which serving a prices reviews, near Caf range and words serving.  and St sex at '
-            'all to Ranch- Express to is the. The',
-            'The Eagle is non author persons and a rated one star, serving restaurant with a priced',
+            'The Eagle is shop with English food restaurant, satisfy moderate prices with a moderate prices The  and '
+            'a days in the city Hospital centertypical to at the city The',
+            'The Eagle is Riverside called to Taoism. of 5 star serving Corb near restaurant',
         ],
         [
-            ' Raja Indian Cuisine is is family friendly.',
+            ' Raja Indian Cuisine is is family friendly the',
             '',
         ],
     ]
@@ -95,8 +95,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'servers that serves Italian and a price only your in the the be want as partial of Italian restaurant, not '
-        'has a , the price range of £20',
+        ' utilise aict as which in door came saw it only the to was still near than £20 not been a shop Italian: '
+        'food with a inexpensive  little',
     ]
 
 
@@ -104,5 +104,5 @@ def test_vae_round_trip(pipe):
     text = "Loch Fyne serves English food in the riverside area near The Rice Boat."
     latents = pipe.vae.encode_text([text], pipe.tokenizer)[0]
     assert pipe.vae.decode_text(latents[None], pipe.tokenizer) == [
-        'Lippiy area serves English food in the riverside area near The ship Bahamas.',
+        'Mromiy area serves English food in the riverside area near Thenal rivers.',
     ]

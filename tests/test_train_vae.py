@@ -186,3 +186,19 @@ def test_the_training_step_hands_each_block_the_latents_of_its_own_neighbours(tm
     torch.testing.assert_close(neighbours[1:, 0], own[:2])  # the block before
     torch.testing.assert_close(neighbours[:2, 1], own[1:])  # the block after
     torch.testing.assert_close(neighbours[2, 1], end)  # after the last block: an end-of-text block
+
+
+def test_a_decoder_is_deepened_from_init_and_never_cut(teacher_dirs, tmp_path):
+    from ldlm.errors import LdlmError
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    train_vae(_config(teacher_dirs["qwen3"], first, "align.weight=0", "train.max_steps=5"))
+    train_vae(_config(teacher_dirs["qwen3"], second, "align.weight=0", "train.max_steps=5", f"init={first}",
+                      "model.freeze_encoder=true", "model.decoder_layers=3"))
+    before, after = TextVAE.from_pretrained(first / "vae"), TextVAE.from_pretrained(second / "vae")
+    assert (before.config.decoder_layers, after.config.decoder_layers, len(after.decoder.layers)) == (2, 3, 3)
+    kept = before.state_dict()
+    assert all(torch.equal(kept[k], after.state_dict()[k]) for k in kept if k.split(".")[0] in ENCODER_PARTS)
+    with pytest.raises(LdlmError, match="decoder_layers=3, the config 2"):
+        train_vae(_config(teacher_dirs["qwen3"], tmp_path / "cut", "align.weight=0", f"init={second}"))
+    assert not (tmp_path / "cut" / "checkpoints").exists()

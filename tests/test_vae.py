@@ -132,3 +132,21 @@ def test_with_context_keeps_every_weight_and_refuses_a_second_extension():
     assert {k for k in kept if k not in vae.state_dict()} == {"from_context.weight", "from_context.bias", "context_pos"}
     with pytest.raises(ValueError, match="already reads"):
         extended.with_context(1)
+
+
+def test_with_decoder_layers_keeps_every_weight_decodes_as_before_and_then_trains():
+    import pytest
+
+    vae = _vae()
+    deeper = vae.with_decoder_layers(3)
+    assert deeper.config.decoder_layers == 3 and len(deeper.decoder.layers) == 3
+    kept = deeper.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in vae.state_dict().items())
+    z = torch.randn(5, 2, 6)
+    assert torch.allclose(deeper.decode(z), vae.decode(z), atol=1e-6)  # the new layers start as the identity
+    new = deeper.decoder.layers[2]
+    assert new.linear1.weight.abs().sum() > 0 and new.norm1.weight.eq(1).all()
+    torch.nn.functional.cross_entropy(deeper.decode(z).flatten(0, 1), torch.randint(60, (5 * 8,))).backward()
+    assert new.linear2.weight.grad.abs().sum() > 0  # and they learn
+    with pytest.raises(ValueError, match="cannot be cut"):
+        deeper.with_decoder_layers(1)

@@ -104,6 +104,27 @@ class TextVAE(ModelMixin, ConfigMixin):
             raise ValueError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
         return vae if vae.dtype == self.dtype else vae.to(self.dtype)
 
+    def with_decoder_layers(self, layers: int) -> "TextVAE":
+        """This VAE with a decoder of ``layers`` layers: every weight is kept and the new layers, appended after the
+        old, start as the identity (N(0, 0.02) weights, zero biases and zero output projections), so it decodes as
+        before until trained."""
+        if layers < self.config.decoder_layers:
+            raise ValueError(f"a decoder of {self.config.decoder_layers} layers cannot be cut to {layers}")
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        vae = TextVAE(**{**config, "decoder_layers": layers}).to(self.device)
+        for new in vae.decoder.layers[self.config.decoder_layers:]:
+            for name, param in new.named_parameters():
+                if param.dim() == 1 or name.startswith(("self_attn.out_proj", "linear2")):
+                    if not name.startswith("norm"):
+                        nn.init.zeros_(param)
+                else:
+                    nn.init.normal_(param, std=0.02)
+        missing, unexpected = vae.load_state_dict(self.state_dict(), strict=False)
+        fresh = {f"decoder.layers.{i}." for i in range(self.config.decoder_layers, layers)}
+        if unexpected or any(not any(key.startswith(prefix) for prefix in fresh) for key in missing):
+            raise ValueError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
+        return vae if vae.dtype == self.dtype else vae.to(self.dtype)
+
     def set_token_table(self, teacher_embeddings: torch.Tensor) -> None:
         """Fill the fixed token table from the teacher's input embedding matrix (V, H)."""
         self.token_table.copy_(pca_token_table(teacher_embeddings, self.config.d_embed))

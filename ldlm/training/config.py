@@ -72,7 +72,7 @@ class ModelConfig:
     d_embed: int = 128
     heads: int = 4
     encoder_layers: int = 3
-    decoder_layers: int = 3
+    decoder_layers: int = 3  # more than init's: new layers are appended, starting as the identity
     dropout: float = 0.0
     freeze_encoder: bool = False  # train the decoder only (with ``init``): the latent code and its statistics stay
     context_blocks: int = 0  # the decoder also reads the latents of this many blocks on either side (an init without

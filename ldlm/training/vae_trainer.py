@@ -160,12 +160,15 @@ def build_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
 
 
 def start_vae(cfg, tokenizer, teacher: FrozenTeacher) -> TextVAE:
-    """A new VAE, or the one ``cfg.init`` names (its encoder frozen when ``model.freeze_encoder``)."""
+    """A new VAE, or the one ``cfg.init`` names, its decoder deepened or given context as the config asks and its
+    encoder frozen when ``model.freeze_encoder``."""
     if cfg.init is None:
         return build_vae(cfg, tokenizer, teacher)
     vae, _ = load_vae(cfg.init)
     if cfg.model.context_blocks != vae.config.context_blocks:
         vae = vae.with_context(cfg.model.context_blocks)
+    if cfg.model.decoder_layers != vae.config.decoder_layers:
+        vae = vae.with_decoder_layers(cfg.model.decoder_layers)
     vae.train().requires_grad_(True)
     if cfg.model.freeze_encoder:
         vae.freeze_encoder()
@@ -181,6 +184,9 @@ def check_init(cfg: VAEExperiment) -> None:
                        ("latent_channels", cfg.model.latent_channels)):
         if saved.get(key) != value:
             raise LdlmError(f"init: the VAE in {cfg.init} has {key}={saved.get(key)}, the config {value}")
+    if saved.get("decoder_layers", 3) > cfg.model.decoder_layers:
+        raise LdlmError(f"init: the VAE in {cfg.init} has decoder_layers={saved['decoder_layers']}, the config "
+                        f"{cfg.model.decoder_layers} (a decoder can be deepened, not cut)")
     if saved.get("context_blocks", 0) not in (0, cfg.model.context_blocks):
         raise LdlmError(f"init: the VAE in {cfg.init} reads context_blocks={saved['context_blocks']}, the config "
                         f"{cfg.model.context_blocks} (only a decoder without context can be given one)")
