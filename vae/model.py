@@ -97,31 +97,31 @@ class TextVAE(ModelMixin, ConfigMixin):
         the new context weights start fresh. Only a VAE without context can be extended."""
         if self.config.context_blocks:
             raise ValueError(f"this VAE's decoder already reads {self.config.context_blocks} neighbours")
-        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        vae = TextVAE(**{**config, "context_blocks": context_blocks}).to(self.device)
-        missing, unexpected = vae.load_state_dict(self.state_dict(), strict=False)
-        if unexpected or any(key.split(".")[0] not in CONTEXT_PARTS for key in missing):
-            raise ValueError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
-        return vae if vae.dtype == self.dtype else vae.to(self.dtype)
+        return self._extended(CONTEXT_PARTS, context_blocks=context_blocks)
 
     def with_decoder_layers(self, layers: int) -> "TextVAE":
         """This VAE with a decoder of ``layers`` layers: every weight is kept and the new layers, appended after the
         old, start as the identity (N(0, 0.02) weights, zero biases and zero output projections), so it decodes as
         before until trained."""
-        if layers < self.config.decoder_layers:
-            raise ValueError(f"a decoder of {self.config.decoder_layers} layers cannot be cut to {layers}")
-        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        vae = TextVAE(**{**config, "decoder_layers": layers}).to(self.device)
-        for new in vae.decoder.layers[self.config.decoder_layers:]:
+        old = self.config.decoder_layers
+        if layers < old:
+            raise ValueError(f"a decoder of {old} layers cannot be cut to {layers}")
+        vae = self._extended(tuple(f"decoder.layers.{i}." for i in range(old, layers)), decoder_layers=layers)
+        for new in vae.decoder.layers[old:]:
             for name, param in new.named_parameters():
-                if param.dim() == 1 or name.startswith(("self_attn.out_proj", "linear2")):
-                    if not name.startswith("norm"):
-                        nn.init.zeros_(param)
-                else:
+                if name.startswith(("self_attn.out_proj", "linear2")) or (param.dim() == 1 and name[:4] != "norm"):
+                    nn.init.zeros_(param)
+                elif param.dim() > 1:
                     nn.init.normal_(param, std=0.02)
+        return vae
+
+    def _extended(self, fresh: tuple[str, ...], **changes) -> "TextVAE":
+        """A VAE of this config with ``changes``, holding every weight of this one; only weights whose names start
+        with ``fresh`` are new."""
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        vae = TextVAE(**{**config, **changes}).to(self.device)
         missing, unexpected = vae.load_state_dict(self.state_dict(), strict=False)
-        fresh = {f"decoder.layers.{i}." for i in range(self.config.decoder_layers, layers)}
-        if unexpected or any(not any(key.startswith(prefix) for prefix in fresh) for key in missing):
+        if unexpected or any(not key.startswith(fresh) for key in missing):
             raise ValueError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
         return vae if vae.dtype == self.dtype else vae.to(self.dtype)
 

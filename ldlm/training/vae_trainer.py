@@ -184,8 +184,8 @@ def check_init(cfg: VAEExperiment) -> None:
                        ("latent_channels", cfg.model.latent_channels)):
         if saved.get(key) != value:
             raise LdlmError(f"init: the VAE in {cfg.init} has {key}={saved.get(key)}, the config {value}")
-    if saved.get("decoder_layers", 3) > cfg.model.decoder_layers:
-        raise LdlmError(f"init: the VAE in {cfg.init} has decoder_layers={saved['decoder_layers']}, the config "
+    if (layers := saved.get("decoder_layers", 3)) > cfg.model.decoder_layers:
+        raise LdlmError(f"init: the VAE in {cfg.init} has decoder_layers={layers}, the config "
                         f"{cfg.model.decoder_layers} (a decoder can be deepened, not cut)")
     if saved.get("context_blocks", 0) not in (0, cfg.model.context_blocks):
         raise LdlmError(f"init: the VAE in {cfg.init} reads context_blocks={saved['context_blocks']}, the config "
