@@ -109,10 +109,12 @@ class TextVAE(ModelMixin, ConfigMixin):
         vae = self._extended(tuple(f"decoder.layers.{i}." for i in range(old, layers)), decoder_layers=layers)
         for new in vae.decoder.layers[old:]:
             for name, param in new.named_parameters():
-                if name.startswith(("self_attn.out_proj", "linear2")) or (param.dim() == 1 and name[:4] != "norm"):
-                    nn.init.zeros_(param)
-                elif param.dim() > 1:
+                if name.startswith("norm"):  # LayerNorm keeps its ones and zeros
+                    continue
+                if param.dim() > 1 and not name.startswith(("self_attn.out_proj", "linear2")):
                     nn.init.normal_(param, std=0.02)
+                else:
+                    nn.init.zeros_(param)
         return vae
 
     def _extended(self, fresh: tuple[str, ...], **changes) -> "TextVAE":
