@@ -92,7 +92,7 @@ def plot(rows: dict, steps: list[int], path: Path) -> None:
         ax.axhline(ref[key], color="gray", linestyle="--", label="E2E test references")
         ax.set_xscale("log")
         ax.set_xticks(steps, [str(s) for s in steps])
-        ax.set_xlabel("denoising steps (DPM-Solver++)")
+        ax.set_xlabel("denoising steps (the pipeline's scheduler)")
         ax.set_ylabel(label)
     axes[0].legend(fontsize=8)
     fig.tight_layout()

@@ -5,9 +5,9 @@ diagnostics of each system.
     python benchmarks/quality.py --ar runs/e2e-ar               # 400 samples each; docs/img/quality.{json,png}
     python benchmarks/quality.py --ar runs/e2e-ar --quick       # CI smoke run: 24 samples at 5 and 10 steps
 
-Both systems sample unconditionally from one seed: ldlm through ``ldlm.evaluation.suite.sample_texts`` (DPM-Solver++),
-the baseline with its KV cache and plain sampling (temperature 1, top-p 1) up to EOS or 80 tokens, the length of
-ldlm's window. gen-PPL is under the frozen SmolLM2 teacher; MAUVE uses offline MiniLM features against as many
+Both systems sample unconditionally from one seed: ldlm through ``ldlm.evaluation.suite.sample_texts`` (the
+pipeline's saved sampler and defaults), the baseline with its KV cache and plain sampling (temperature 1, top-p 1) up
+to EOS or 80 tokens, the length of ldlm's window. gen-PPL is under the frozen SmolLM2 teacher; MAUVE uses offline MiniLM features against as many
 E2E-test references as samples; memorization and the marginal-trap rates are against E2E train.
 """
 from __future__ import annotations

@@ -4,14 +4,16 @@ JSON that benchmarks/speed.py and benchmarks/quality.py wrote (no new measuremen
     python benchmarks/tradeoff_plot.py        # docs/img/speed.json + docs/img/quality.json → docs/img/tradeoff.png
 
 Speed is tokens/s for 64-token outputs (one DiT window; the quality samples are E2E texts of at most 80 tokens),
-quality is gen-PPL under SmolLM2 (MAUVE against E2E test is near zero for every system here; see RESULTS), at the
-step counts both benchmarks ran.
+quality is gen-PPL under SmolLM2 (MAUVE and the rest are in quality.json and RESULTS), at the step counts both
+benchmarks ran; the held-out references' gen-PPL is the dashed line.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from ldlm.evaluation.suite import REFERENCES
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 64
@@ -45,6 +47,7 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     batches = sorted({r["batch"] for r in speed["rows"]})
     fig, axes = plt.subplots(1, len(batches), figsize=(4.6 * len(batches), 3.6), squeeze=False)
@@ -55,8 +58,14 @@ def main() -> None:
             ax.annotate(f"{steps} steps", (rate, values["gen_ppl"]), textcoords="offset points", xytext=(-10, 6),
                         fontsize=7)
         ax.plot([ar_rate], [ar_row["gen_ppl"]], "ks", label="AR baseline (KV cache)")
+        ax.axhline(quality["systems"][REFERENCES]["gen_ppl"], color="gray", linestyle="--",
+                   label="held-out references")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2 and 5 of each decade
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.15, y=0.15)
         ax.set_xlabel(f"tokens/s, batch {batch}, {TOKENS}-token outputs ({speed['device']})")
         ax.set_ylabel("gen-PPL under SmolLM2 (lower is better)", fontsize=8)
