@@ -7,8 +7,9 @@ diagnostics of each system.
 
 Both systems sample unconditionally from one seed: ldlm through ``ldlm.evaluation.suite.sample_texts`` (the
 pipeline's saved sampler and defaults), the baseline with its KV cache and plain sampling (temperature 1, top-p 1) up
-to EOS or 80 tokens, the length of ldlm's window. gen-PPL is under the frozen SmolLM2 teacher; MAUVE uses offline MiniLM features against as many
-E2E-test references as samples; memorization and the marginal-trap rates are against E2E train.
+to EOS or 80 tokens, the length of ldlm's window. gen-PPL is under the frozen SmolLM2 teacher; MAUVE uses offline
+MiniLM features against as many E2E-test references as samples; memorization and the marginal-trap rates are against
+E2E train.
 """
 from __future__ import annotations
 

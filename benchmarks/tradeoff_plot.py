@@ -13,8 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ldlm.evaluation.suite import REFERENCES
-
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 64
 
@@ -58,7 +56,7 @@ def main() -> None:
             ax.annotate(f"{steps} steps", (rate, values["gen_ppl"]), textcoords="offset points", xytext=(-10, 6),
                         fontsize=7)
         ax.plot([ar_rate], [ar_row["gen_ppl"]], "ks", label="AR baseline (KV cache)")
-        ax.axhline(quality["systems"][REFERENCES]["gen_ppl"], color="gray", linestyle="--",
+        ax.axhline(quality["systems"]["references"]["gen_ppl"], color="gray", linestyle="--",
                    label="held-out references")
         ax.set_xscale("log")
         ax.set_yscale("log")
