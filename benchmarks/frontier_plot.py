@@ -104,7 +104,7 @@ def plot(lines: dict[str, list[Point]], references: dict, path: Path) -> None:
             ax.annotate(f"T={t:g}", (h, p), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.plot([references["unigram_entropy"]], [references["gen_ppl"]], "r*", markersize=10, label="held-out references")
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # plain numbers at 1, 2 and 5 of each decade
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))  # plain numbers, several a decade
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("unigram entropy (bits, pooled tokens; higher is more varied)")
