@@ -35,17 +35,17 @@ def test_unconditional_batch(pipe):
 
 def test_autoguidance_off(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0), autoguidance=1).texts == [
-        'Clowns is a moderate price range a restaurant that serves English coffee shop with is by the city centre',
+        'Clowns is a moderate price range a restaurant that offers English coffee shop with is by the city centre',
         'Fitzbillies is family-friendly serving English food and is The Wrest Plaza Hotel and has low rating.',
-        'The Golden Palace has a great rent coffee shop with Holiday ratings average serving Chinese food. They high '
-        'customer rating and is kid located in our city.',
+        'The Golden Palace has a value, coffee shop with pricing ratings average serving Chinese food. They high '
+        'customer rating and is kid friendly in this city.',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
-        'Clowns is a high price at a pub that offers English food. It is located near Caf Portland Arms.',
-        'Fitzbillies is child-friendly serving English food and called The Wrest Plaza Hotel and has low rating.',
+        'Clowns is a high price at a pub that offers English food. It is located near Raja Portland Arms.',
+        'Fitzbillies is child-friendly serving English food and named The Wrest Plaza Hotel and has low rating.',
     ]
 
 
@@ -53,22 +53,23 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high one him the city  guy '
-        'The it be case� is a',
         'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer rating and '
-        'has a 1 out of 5 out of 5 star piqued much be go a are the Kidelivery family friendly can went',
-        "Zizzi is a priced. food. It's located called The Crickideracuse near affection Blue House out in Cambridge.",
+        'are good the average and for English food notaff',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer rating, is a '
+        '1 out of 5. It 5 you would very to go to two very prof',
+        'Zizzi is a customer rating of the high coffee shop in riverside, practition nargs in Cambridge. close All '
+        'Bar',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. prices, £20-. Wiring coffee The-abling,. '
-        'which is family friendly It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. £, £20-.month coffee The-abling,, which is '
+        'family friendly It is family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food.  It low. It serves Blue foodities and '
-        'their food,  Inf-trust. It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. food  low. It serves Blue Spings and the '
+        'food,  Inf-trust. It is family friendly.',
     ]
 
 
@@ -81,12 +82,12 @@ def test_long_generation_groups(pipe):
             '',
         ],
         [
-            'The Eagle is shop with English food restaurant, satisfy moderate prices with a moderate prices The  and '
-            'a days in the city Hospital centertypical to at the city The',
-            'The Eagle is Riverside called to Taoism. of 5 star serving Corb near restaurant',
+            'The Eagle is shop that mid or average food and customer rating with a price range The  and to exist in '
+            'the  plt coffee versus to have the. The',
+            'The Eagle is inexpensive environment, it  shop is a coffee shop above as restaurant',
         ],
         [
-            ' Raja Indian Cuisine is is family friendly the',
+            ' Raja Indian Cuisine is is family friendly.',
             '',
         ],
     ]
@@ -95,8 +96,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        ' utilise aict as which in door came saw it only the to was still near than £20 not been a shop Italian: '
-        'food with a inexpensive  little',
+        'founded for... Indian Hotel in Italian were feet at then the a river near Caf ofgha,  not serve for a  that '
+        'serves Italian, schools is given',
     ]
 
 
@@ -104,5 +105,5 @@ def test_vae_round_trip(pipe):
     text = "Loch Fyne serves English food in the riverside area near The Rice Boat."
     latents = pipe.vae.encode_text([text], pipe.tokenizer)[0]
     assert pipe.vae.decode_text(latents[None], pipe.tokenizer) == [
-        'Mromiy area serves English food in the riverside area near Thenal rivers.',
+        'Murian Fy area serves English food in the riverside area near The Rice rivers.',
     ]
