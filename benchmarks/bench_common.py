@@ -105,3 +105,12 @@ def summarize(ratios: Sequence[float]) -> RatioSummary:
         raise ValueError(f"a spread needs at least 3 paired ratios, got {len(ratios)}")
     q1, median, q3 = statistics.quantiles(ratios, n=4)
     return RatioSummary(median, q1, q3, min(ratios), max(ratios), len(ratios))
+
+
+def plain_log_ticks(axis, subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+    """Label a log-scaled matplotlib ``axis`` with plain numbers at ``subs`` of each decade, and no minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())

@@ -19,6 +19,8 @@ import math
 import re
 from pathlib import Path
 
+from bench_common import plain_log_ticks
+
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"[-+\d.e]+"  # as Python's :g writes a float
 SAMPLER = re.compile(rf"(?P<sampler>ldlm, \d+ steps(?:, snap {NUMBER})?|AR baseline)(?:, T=(?P<t>{NUMBER}))?"
@@ -92,7 +94,6 @@ def plot(lines: dict[str, list[Point]], references: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
     band = 0.95 * references["unigram_entropy"]
@@ -104,9 +105,7 @@ def plot(lines: dict[str, list[Point]], references: dict, path: Path) -> None:
             ax.annotate(f"T={t:g}", (h, p), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.plot([references["unigram_entropy"]], [references["gen_ppl"]], "r*", markersize=10, label="held-out references")
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))  # plain numbers, several a decade
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    plain_log_ticks(ax.yaxis, (1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
     ax.set_xlabel("unigram entropy (bits, pooled tokens; higher is more varied)")
     ax.set_ylabel("gen-PPL under SmolLM2 (lower is more fluent)")
     ax.legend(fontsize=7)

@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bench_common import plain_log_ticks
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 64
 
@@ -45,7 +47,6 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     batches = sorted({r["batch"] for r in speed["rows"]})
     fig, axes = plt.subplots(1, len(batches), figsize=(4.6 * len(batches), 3.6), squeeze=False)
@@ -60,10 +61,8 @@ def main() -> None:
                    label="held-out references")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2 and 5 of each decade
-            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-            axis.set_minor_formatter(NullFormatter())
+        plain_log_ticks(ax.xaxis)
+        plain_log_ticks(ax.yaxis)
         ax.margins(x=0.15, y=0.15)
         ax.set_xlabel(f"tokens/s, batch {batch}, {TOKENS}-token outputs ({speed['device']})")
         ax.set_ylabel("gen-PPL under SmolLM2 (lower is better)", fontsize=8)

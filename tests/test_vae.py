@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ldlm.vae.blocks import join_blocks, split_into_blocks
@@ -122,8 +123,6 @@ def test_sequence_decoding_gives_each_block_its_neighbours_in_the_sequence():
 
 
 def test_with_context_keeps_every_weight_and_refuses_a_second_extension():
-    import pytest
-
     vae = _vae()
     extended = vae.with_context(1)
     assert extended.config.context_blocks == 1
@@ -135,8 +134,6 @@ def test_with_context_keeps_every_weight_and_refuses_a_second_extension():
 
 
 def test_with_decoder_layers_keeps_every_weight_decodes_as_before_and_then_trains():
-    import pytest
-
     vae = _vae()
     deeper = vae.with_decoder_layers(3)
     assert deeper.config.decoder_layers == 3 and len(deeper.decoder.layers) == 3
