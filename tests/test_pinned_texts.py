@@ -26,26 +26,26 @@ def _seeded(seed: int) -> torch.Generator:
 def test_unconditional_batch(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0)).texts == [
         'Clowns is a high price at a pub that offers English food. It is located near Raja Portland Arms.',
-        'Fitzbillies is child-friendly serving English food and called The Cambridgene Plaza Hotel and is average '
-        'rating.',
-        'The Golden Palace located in the river near Express by Holiday Inn, serving Chinese food. It is located '
+        'Fitzbillies is child-friendly serving English food and called The Cambridge Blue Plaza Hotel and is '
+        'average rating.',
+        'The Golden Palace located in the city near Express by Holiday Inn, serving Chinese food. It is located '
         'near the city  located in the city centre',
     ]
 
 
 def test_autoguidance_off(pipe):
     assert pipe(batch_size=3, num_inference_steps=10, generator=_seeded(0), autoguidance=1).texts == [
-        'Clowns is a moderate price range a restaurant that offers English coffee shop with is by the city centre',
+        'Clowns is a low price range a restaurant that serves English coffee shop with is by the city centre',
         'Fitzbillies is family-friendly serving English food and is The Wrest Plaza Hotel and has low rating.',
-        'The Golden Palace has a value, coffee shop with pricing ratings average serving Chinese food. They high '
-        'customer rating and is kid friendly in this city.',
+        'The Golden Palace has a great friendly coffee shop with pricing ratings average serving Chinese food. They '
+        'high customer rating and is kid friendly in this city.',
     ]
 
 
 def test_snapping(pipe):
     assert pipe(batch_size=2, num_inference_steps=10, generator=_seeded(0), snap=0.5).texts == [
         'Clowns is a high price at a pub that offers English food. It is located near Raja Portland Arms.',
-        'Fitzbillies is child-friendly serving English food and named The Wrest Plaza Hotel and has low rating.',
+        'Fitzbillies is child-friendly serving English food and called The Wrest Plaza Hotel and is average rating.',
     ]
 
 
@@ -53,23 +53,22 @@ def test_prompts_with_classifier_free_guidance_and_held_tokens(pipe):
     texts = pipe([PROMPT, PROMPT, "Zizzi is a"], num_blocks=3, num_inference_steps=5, guidance_scale=2.0,
                  generator=_seeded(1)).texts
     assert texts == [
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer rating and '
-        'are good the average and for English food notaff',
-        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high customer rating, is a '
-        '1 out of 5. It 5 you would very to go to two very prof',
-        'Zizzi is a customer rating of the high coffee shop in riverside, practition nargs in Cambridge. close All '
-        'Bar',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high by vendor error, '
+        'Itastrous complemented and is a adult one.rest',
+        'The Eagle is a coffee shop serving Italian food in the riverside area. It has a high rating  They are a 1 '
+        'out of 5. It 5 him could very to go a care other profqueeze family friendly no her',
+        'Zizzi is a customer rating, a high customer rating. (0 sitsonto offers  food House price of%||',
     ]
 
 
 def test_infill_condition_and_replace(pipe):
     assert pipe.infill(SEGMENTS, num_inference_steps=5, generator=_seeded(2)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. £, £20-.month coffee The-abling,, which is '
-        'family friendly It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. prices, £20-.year coffee The-abling,. '
+        'which is family friendly It is family friendly.',
     ]
     assert pipe.infill(SEGMENTS, method="replace", num_inference_steps=5, generator=_seeded(3)).texts == [
-        'The Mill is a pub near the river that serves cheap English food. food  low. It serves Blue Spings and the '
-        'food,  Inf-trust. It is family friendly.',
+        'The Mill is a pub near the river that serves cheap English food. food  low. It serves Blue Spice and the '
+        'food,  Inf-lift. It is family friendly.',
     ]
 
 
@@ -82,12 +81,12 @@ def test_long_generation_groups(pipe):
             '',
         ],
         [
-            'The Eagle is shop that mid or average food and customer rating with a price range The  and to exist in '
-            'the  plt coffee versus to have the. The',
-            'The Eagle is inexpensive environment, it  shop is a coffee shop above as restaurant',
+            'The Eagle is restaurant that serves Chinese food. Its moderate prices with a price range and  and to '
+            'exist in the city Hospital foodtypical to in the river The',
+            'The Eagle is Raja Indian Cuisine.  is a coffee shop serving  with average',
         ],
         [
-            ' Raja Indian Cuisine is is family friendly.',
+            ' Raja Indian Cuisine is are family near the',
             '',
         ],
     ]
@@ -96,8 +95,8 @@ def test_long_generation_groups(pipe):
 def test_gradient_guidance(pipe):
     guidance = GradientGuidance([KeywordControl("Italian")], steps=2)
     assert pipe(num_blocks=2, num_inference_steps=3, guidance=guidance, generator=_seeded(5)).texts == [
-        'founded for... Indian Hotel in Italian were feet at then the a river near Caf ofgha,  not serve for a  that '
-        'serves Italian, schools is given',
+        ' office you". asking for a they were your at that the a. near abiotic The Riverside.  They become a shop, '
+        'on price Italian, good in one',
     ]
 
 
@@ -105,5 +104,5 @@ def test_vae_round_trip(pipe):
     text = "Loch Fyne serves English food in the riverside area near The Rice Boat."
     latents = pipe.vae.encode_text([text], pipe.tokenizer)[0]
     assert pipe.vae.decode_text(latents[None], pipe.tokenizer) == [
-        'Murian Fy area serves English food in the riverside area near The Rice rivers.',
+        'Murianiy area serves English food in the riverside area near The Ship Bahamas.',
     ]
