@@ -10,7 +10,7 @@ from ldlm.cli import main
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import FLOW_SCHEDULERS, VP_SCHEDULERS, make_scheduler
 from ldlm.errors import LdlmError
-from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline, block_masks, hold
 from ldlm.pipelines.loading import load_pipeline, load_vae
 
 
@@ -108,6 +108,54 @@ def test_partial_prompt_blocks_are_held_to_the_prompt_tokens(make_pipeline, monk
     monkeypatch.setattr(pipe.vae, "encode_sequence", spy)
     pipe(prompt, num_blocks=3, num_inference_steps=4, generator=_seeded())
     assert len(held) == 4 + 1 and all(ids == tail for ids in held)  # every step, and the final latents
+
+
+@pytest.mark.parametrize("tokens,ids,expected", [
+    ([1, 2, 3, 4, 5, 3, 7, 8, 0, 9], [1, 2, 3, 7], [1, 2, 3, 7, 8, 0, 9, 9, 9, 9]),  # its own "3 7" two tokens on
+    ([1, 2, 3, 7, 3, 7, 8, 0, 9, 9], [1, 2, 3, 7], [1, 2, 3, 7, 8, 0, 9, 9, 9, 9]),  # said right after the held ones
+    ([1, 2, 3, 4, 5, 6, 7, 8, 0, 9], [1, 2, 3, 7], [1, 2, 3, 7, 5, 6, 7, 8, 0, 9]),  # no copy of the pair: overwrite
+    ([1, 2, 3, 4, 5, 6, 8, 3, 7, 0], [1, 2, 3, 7], [1, 2, 3, 7, 5, 6, 8, 3, 7, 0]),  # a copy beyond reach stays
+    ([1, 2, 3, 4, 5, 3, 7, 8, 6, 5], [1, 2, 3, 7], [1, 2, 3, 7, 5, 3, 7, 8, 6, 5]),  # no EOS: the text goes on
+    ([1, 2, 7, 5, 0, 9, 9, 9, 9, 9], [1, 7], [1, 7, 5, 0, 9, 9, 9, 9, 9, 9]),  # the last one said again at once
+    ([4, 7, 5, 6, 0, 9, 9, 9, 9, 9], [7], [7, 5, 6, 0, 9, 9, 9, 9, 9, 9]),  # a one-token hold, likewise
+    ([4, 5, 7, 6, 0, 9, 9, 9, 9, 9], [7], [7, 5, 7, 6, 0, 9, 9, 9, 9, 9]),  # but not further on: no pair to find
+])
+def test_hold_writes_the_held_tokens_and_drops_the_estimate_s_copy_of_their_end(tokens, ids, expected):
+    assert hold(torch.tensor(tokens), ids, eos_id=0, pad_id=9).tolist() == expected
+
+
+def test_block_masks_end_every_block_past_the_eos():
+    blocks, mask = block_masks(torch.tensor([1, 2, 3, 0, 9, 9, 9, 9, 5, 5, 9, 9]), block_length=4, eos_id=0)
+    assert blocks.tolist() == [[1, 2, 3, 0], [0, 9, 9, 9], [0, 5, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0], [1, 0, 0, 0]]
+
+
+def test_a_held_prompt_moves_the_generated_blocks_after_it_and_no_known_one(make_pipeline, monkeypatch):
+    pipe = make_pipeline()
+    cfg = pipe.vae.config
+    k, length, eos, pad = cfg.latents_per_block, cfg.block_length, cfg.eos_token_id, cfg.pad_token_id
+    ids = [11, 12, 13]
+    estimate = torch.tensor([11, 12, 14, 12, 13] + [20] * (length - 5) + [21, 22, eos] + [pad] * (length - 3)
+                            + [30] * length)  # block 0 says "12 13" again; block 2 is known
+    decoded = []
+    monkeypatch.setattr(pipe.vae, "decode_sequence",
+                        lambda x: decoded.append(x.shape[1] // k) or estimate[: x.shape[1] // k * length][None])
+    encoded = []
+    monkeypatch.setattr(pipe.vae, "encode_sequence", lambda blocks, mask: encoded.append((blocks, mask)) or
+                        torch.zeros(len(blocks), k, cfg.latent_channels))
+    x0 = torch.ones(1, 3 * k, cfg.latent_channels)
+    known = torch.zeros(1, 3 * k, dtype=torch.bool)
+    known[0, 2 * k :] = True
+    out = pipe._hold_tokens(x0, [{0: ids}], known)
+    (blocks, mask), = encoded
+    assert blocks.tolist() == [ids + [20] * (length - 5) + [21, 22], [eos] + [pad] * (length - 1)]
+    assert mask.tolist() == [[1] * length, [1] + [0] * (length - 1)]
+    assert (out[0, : 2 * k] == 0).all() and (out[0, 2 * k :] == 1).all()  # the known block is not re-encoded
+    assert decoded == [1, 2]  # the held block, then (a copy found) the generated ones after it too
+    estimate[3:5] = torch.tensor([15, 16])  # no copy: the held block alone is decoded, overwritten and encoded
+    decoded.clear(), encoded.clear()
+    pipe._hold_tokens(x0, [{0: ids}], known)
+    assert decoded == [1] and encoded[0][0].tolist() == [ids + [15, 16] + [20] * (length - 5)]
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -64,12 +64,54 @@ def window_starts(blocks: int, window: int) -> list[int]:
     return starts if starts[-1] == blocks - window else starts + [blocks - window]
 
 
+ECHO_REACH = 4  # how far after held tokens a clean estimate's copy of their last two is looked for
+
+
+def echo(tokens: torch.Tensor, ids: list[int], reach: int = ECHO_REACH) -> int:
+    """How many tokens after where ``ids`` are held a clean estimate's ``tokens`` (T,) end its own copy of them: of
+    their last token right after them, or of their last two within ``reach`` (it phrased their start in other words:
+    "The Eagle is an average priced coffee shop serving" under "The Eagle is a coffee shop"); 0 if none."""
+    n, held = len(ids), torch.tensor(ids, dtype=tokens.dtype, device=tokens.device)
+    for shift in range(1, reach + 1):
+        size = min(shift, 2)
+        if n >= size and torch.equal(tokens[n + shift - size : n + shift], held[n - size :]):
+            return shift
+    return 0
+
+
+def hold(tokens: torch.Tensor, ids: list[int], eos_id: int, pad_id: int, reach: int = ECHO_REACH) -> torch.Tensor:
+    """A clean estimate's tokens (T,) from a held block's start on, with ``ids`` written at the start. Where the
+    estimate has its own copy of their end (:func:`echo`), what lies up to it is dropped and the rest moves up,
+    padded after its EOS, so the text does not say them twice; without an EOS in ``tokens`` (the text goes on past
+    them) nothing moves."""
+    n, out = len(ids), tokens.clone()
+    ends = (tokens == eos_id).nonzero()
+    shift = echo(tokens, ids, reach) if len(ends) and int(ends[0]) > n else 0
+    if shift:
+        out[: len(tokens) - shift] = tokens[shift:].clone()
+        out[len(tokens) - shift :] = pad_id
+    out[:n] = torch.tensor(ids, dtype=tokens.dtype, device=tokens.device)
+    return out
+
+
+def block_masks(tokens: torch.Tensor, block_length: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive blocks (B, L) of a text's tokens (B·L,) and their masks, as training blocks are: real tokens up
+    to and including the first EOS; a block past it holds EOS alone (the end-of-text block)."""
+    eos = (tokens == eos_id).long()
+    mask = ((eos.cumsum(0) - eos) == 0).long().view(-1, block_length)
+    blocks = tokens.view(-1, block_length).clone()
+    ended = mask[:, 0] == 0
+    blocks[ended, 0], mask[ended, 0] = eos_id, 1
+    return blocks, mask
+
+
 class LatentDiffusionLMPipeline(DiffusionPipeline):
     """Generates text by denoising all blocks of a sequence in parallel, optionally continuing a prompt.
 
     A prompt's complete blocks become clean context latents; a trailing partial block is generated with its first
     tokens held to the prompt (each step's clean estimate is decoded, the prompt tokens written back, and the block
-    re-encoded). ``guidance_scale > 1`` applies classifier-free guidance against the null context, so it acts only
+    re-encoded; where the estimate says the prompt's end again just after it, the text moves up over the copy:
+    :func:`hold`). ``guidance_scale > 1`` applies classifier-free guidance against the null context, so it acts only
     when a prompt has at least one complete block. ``guidance`` (e.g. ``ldlm.pipelines.guidance.GradientGuidance``)
     steers every step's clean estimate by gradients; ``infill`` fixes any blocks; ``LongGeneration`` goes on block by
     block past the window. All three run :meth:`denoise`.
@@ -214,25 +256,41 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         held = {i: ids for i, ids in enumerate(blocks) if ids is not None and len(ids) < cfg.block_length}
         return known, known_mask, held
 
-    def _hold_tokens(self, x0: torch.Tensor, held: list[dict[int, list[int]]]) -> torch.Tensor:
+    def _hold_tokens(self, x0: torch.Tensor, held: list[dict[int, list[int]]],
+                     known_mask: torch.Tensor) -> torch.Tensor:
         """Write the held tokens at the start of their blocks into the clean estimate (decode, overwrite,
-        re-encode), leaving the rest of each such block to the model."""
+        re-encode), leaving the rest of each such block, and of the generated blocks after it, to the model
+        (:func:`hold`)."""
         cfg = self.vae.config
-        k, c = cfg.latents_per_block, cfg.context_blocks
+        k, length = cfg.latents_per_block, cfg.block_length
+        count = x0.shape[1] // k
         x0 = x0.clone()
         for row, blocks in enumerate(held):
             for index, ids in blocks.items():
-                span = slice(index * k, (index + 1) * k)
-                first = max(0, index - c)  # the block with the neighbours a context decoder reads
-                window = self.vae.decode_sequence(x0[row : row + 1, first * k : (index + c + 1) * k])[0]
-                block = window[(index - first) * cfg.block_length :][: cfg.block_length]
-                block[: len(ids)] = torch.tensor(ids, device=block.device)
-                eos = (block == cfg.eos_token_id).nonzero()
-                mask = torch.ones_like(block)
-                if len(eos):
-                    mask[int(eos[0]) + 1 :] = 0
-                x0[row, span] = self.vae.encode_sequence(block[None], mask[None])[0]
+                end = index + 1  # the held block and the generated ones after it, up to a known or held one
+                while end < count and end not in blocks and not known_mask[row, end * k]:
+                    end += 1
+                tokens = self._decode_blocks(x0[row], index, index + 1)
+                if end > index + 1 and (echo(tokens, ids) or len(ids) + ECHO_REACH > length):
+                    tokens = self._decode_blocks(x0[row], index, end)  # the text after it may move up
+                spliced = hold(tokens, ids, cfg.eos_token_id, cfg.pad_token_id)
+                moved = not torch.equal(spliced[len(ids) :], tokens[len(ids) :])
+                new, mask = block_masks(spliced if moved else spliced[:length], length, cfg.eos_token_id)
+                old = tokens.view(-1, length)
+                changed = [0] + [i for i in range(1, len(new)) if not torch.equal(new[i], old[i])]
+                latents = self.vae.encode_sequence(new[changed], mask[changed]).view(len(changed), k, -1)
+                for i, block in zip(changed, latents):
+                    x0[row, (index + i) * k : (index + i + 1) * k] = block
         return x0
+
+    def _decode_blocks(self, latents: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Most likely tokens of blocks ``start`` to ``stop`` of one standardized sequence (N, C), read with the
+        neighbours a context decoder sees."""
+        cfg = self.vae.config
+        k, c = cfg.latents_per_block, cfg.context_blocks
+        first, last = max(0, start - c), min(latents.shape[0] // k, stop + c)
+        window = self.vae.decode_sequence(latents[None, first * k : last * k])[0]
+        return window[(start - first) * cfg.block_length : (stop - first) * cfg.block_length]
 
     def _renoise(self, x0: torch.Tensor, t: torch.Tensor, generator) -> torch.Tensor:
         """Known clean latents noised to the scheduler's level at ``t``, in its sample space (replacement)."""
@@ -324,7 +382,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                     if guidance is not None:
                         x0 = guidance(self, x0, t)
                     if held:
-                        x0 = self._hold_tokens(x0, held)
+                        x0 = self._hold_tokens(x0, held, known_mask)
                     output = objective.from_x0(x_in, x0, t)
                 latents = self.scheduler.step(output, t, latents, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
@@ -335,7 +393,7 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
         if not latents.abs().max() < bound:  # also catches NaN; checked once, so a GPU never waits on it per step
             raise FloatingPointError(f"the sample diverged (NaN, infinite or beyond {bound:.0e}); guidance too strong?")
         latents = torch.where(known_mask[..., None], known, latents)
-        return self._hold_tokens(latents, held) if held else latents
+        return self._hold_tokens(latents, held, known_mask) if held else latents
 
     @torch.no_grad()
     def __call__(
