@@ -43,7 +43,8 @@ def score(prompts: list[str], continuations: list[str], ppl: GenerativePerplexit
     nll, count = ppl.token_nll(continuations, prompts)
     rate = sum(echoes(p, c) for p, c in zip(prompts, continuations)) / len(prompts)
     return {"gen_ppl": float(torch.tensor(nll / max(count, 1)).exp()), "echo_rate": rate,
-            "words": sum(len(c.split()) for c in continuations) / len(continuations)}
+            "words": sum(len(c.split()) for c in continuations) / len(continuations),
+            "empty": sum(not c.strip() for c in continuations)}  # (not in gen-PPL: nothing to score)
 
 
 def continue_prompts(pipe, prompts: list[str], samples: int, steps: int, seed: int) -> list[str]:
@@ -52,7 +53,9 @@ def continue_prompts(pipe, prompts: list[str], samples: int, steps: int, seed: i
     for i, prompt in enumerate(prompts):
         texts = pipe([prompt] * samples, num_inference_steps=steps,
                      generator=torch.Generator().manual_seed(seed + i)).texts
-        out += [text[len(prompt):] if text.startswith(prompt) else text for text in texts]
+        if not all(text.startswith(prompt) for text in texts):
+            raise SystemExit(f"a continuation of {prompt!r} does not start with it")
+        out += [text[len(prompt):] for text in texts]
     return out
 
 
@@ -74,8 +77,8 @@ def main() -> None:
     out = Path(args.output)
     if out.exists():
         raise SystemExit(f"{out} exists; pass another --output")
-    if not Path(args.references).is_file():
-        raise SystemExit(f"no references at {args.references}")
+    if not out.parent.is_dir():
+        raise SystemExit(f"no folder {out.parent} for --output")
     references = read_corpus(args.references)
     if len(references) < args.prompts:
         raise SystemExit(f"{args.references} has {len(references)} texts; --prompts {args.prompts} needs as many")
@@ -105,17 +108,18 @@ def main() -> None:
         f"ldlm, {args.steps} steps": score([p for p in prompts for _ in range(args.samples)], generated, ppl),
         f"ldlm, quick-start prompt, {args.steps} steps": score([QUICK_START] * len(quick), quick, ppl),
     }
-    print("| continuations | gen-PPL given the prompt | echo rate | words |")
-    print("|---|---|---|---|")
+    print("| continuations | gen-PPL given the prompt | echo rate | words | empty |")
+    print("|---|---|---|---|---|")
     for name, m in rows.items():
-        print(f"| {name} | {m['gen_ppl']:.1f} | {m['echo_rate']:.3f} | {m['words']:.1f} |")
+        print(f"| {name} | {m['gen_ppl']:.1f} | {m['echo_rate']:.3f} | {m['words']:.1f} | {m['empty']} |")
     print("\nQuick start:")
     for text in quick[:8]:
         print(f"- {QUICK_START}{text}")
     sampling = {"model": args.model, "steps": args.steps, "seed": args.seed, "prompts": len(prompts),
                 "temperature": pipe.config.temperature, "autoguidance": pipe.config.autoguidance}
-    out.write_text(json.dumps({"sampling": sampling, "rows": rows, "prompts": prompts, "continuations": generated,
-                               "quick_start": quick}, indent=1))
+    with open(out, "x") as f:  # never over a file that appeared meanwhile
+        f.write(json.dumps({"sampling": sampling, "rows": rows, "prompts": prompts,
+                            "continuations": generated, "quick_start": quick}, indent=1))
     print(f"wrote {out}")
 
 

@@ -10,7 +10,7 @@ from ldlm.cli import main
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import FLOW_SCHEDULERS, VP_SCHEDULERS, make_scheduler
 from ldlm.errors import LdlmError
-from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline, block_masks, hold
+from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline, echo, hold
 from ldlm.pipelines.loading import load_pipeline, load_vae
 
 
@@ -111,51 +111,89 @@ def test_partial_prompt_blocks_are_held_to_the_prompt_tokens(make_pipeline, monk
 
 
 @pytest.mark.parametrize("tokens,ids,expected", [
-    ([1, 2, 3, 4, 5, 3, 7, 8, 0, 9], [1, 2, 3, 7], [1, 2, 3, 7, 8, 0, 9, 9, 9, 9]),  # its own "3 7" two tokens on
-    ([1, 2, 3, 7, 3, 7, 8, 0, 9, 9], [1, 2, 3, 7], [1, 2, 3, 7, 8, 0, 9, 9, 9, 9]),  # said right after the held ones
-    ([1, 2, 3, 4, 5, 6, 7, 8, 0, 9], [1, 2, 3, 7], [1, 2, 3, 7, 5, 6, 7, 8, 0, 9]),  # no copy of the pair: overwrite
-    ([1, 2, 3, 4, 5, 6, 8, 3, 7, 0], [1, 2, 3, 7], [1, 2, 3, 7, 5, 6, 8, 3, 7, 0]),  # a copy beyond reach stays
+    ([1, 2, 3, 4, 5, 3, 7, 8, 0, 9], [1, 2, 3, 7], [1, 2, 3, 7, 8, 0, 9, 0, 0, 0]),  # its own "3 7" three tokens on
+    ([1, 2, 3, 7, 3, 7, 8, 0, 9, 9], [1, 2, 3, 7], [1, 2, 3, 7, 8, 0, 9, 9, 0, 0]),  # said right after the held ones
+    ([1, 2, 3, 4, 5, 6, 3, 7, 0, 9], [1, 2, 3, 7], [1, 2, 3, 7, 0, 9, 0, 0, 0, 0]),  # as far as it is looked for
+    ([1, 2, 3, 4, 5, 6, 8, 3, 7, 0], [1, 2, 3, 7], [1, 2, 3, 7, 5, 6, 8, 3, 7, 0]),  # beyond: overwritten only
+    ([1, 2, 3, 4, 5, 6, 7, 8, 0, 9], [1, 2, 3, 7], [1, 2, 3, 7, 5, 6, 7, 8, 0, 9]),  # no copy of the pair
     ([1, 2, 3, 4, 5, 3, 7, 8, 6, 5], [1, 2, 3, 7], [1, 2, 3, 7, 5, 3, 7, 8, 6, 5]),  # no EOS: the text goes on
-    ([1, 2, 7, 5, 0, 9, 9, 9, 9, 9], [1, 7], [1, 7, 5, 0, 9, 9, 9, 9, 9, 9]),  # the last one said again at once
-    ([4, 7, 5, 6, 0, 9, 9, 9, 9, 9], [7], [7, 5, 6, 0, 9, 9, 9, 9, 9, 9]),  # a one-token hold, likewise
+    ([1, 2, 3, 4, 5, 0, 3, 7, 9, 9], [1, 2, 3, 7], [1, 2, 3, 7, 5, 0, 3, 7, 9, 9]),  # the EOS before the copy stays
+    ([1, 2, 3, 4, 0, 3, 7, 8, 0, 9], [1, 2, 3, 7], [1, 2, 3, 7, 0, 3, 7, 8, 0, 9]),  # likewise right after the hold
+    ([1, 2, 7, 5, 0, 9, 9, 9, 9, 9], [1, 7], [1, 7, 5, 0, 9, 9, 9, 9, 9, 0]),  # the last one said again at once
+    ([4, 7, 5, 6, 0, 9, 9, 9, 9, 9], [7], [7, 5, 6, 0, 9, 9, 9, 9, 9, 0]),  # a one-token hold, likewise
     ([4, 5, 7, 6, 0, 9, 9, 9, 9, 9], [7], [7, 5, 7, 6, 0, 9, 9, 9, 9, 9]),  # but not further on: no pair to find
 ])
 def test_hold_writes_the_held_tokens_and_drops_the_estimate_s_copy_of_their_end(tokens, ids, expected):
-    assert hold(torch.tensor(tokens), ids, eos_id=0, pad_id=9).tolist() == expected
+    assert hold(tokens, ids, eos_id=0) == expected
 
 
-def test_block_masks_end_every_block_past_the_eos():
-    blocks, mask = block_masks(torch.tensor([1, 2, 3, 0, 9, 9, 9, 9, 5, 5, 9, 9]), block_length=4, eos_id=0)
-    assert blocks.tolist() == [[1, 2, 3, 0], [0, 9, 9, 9], [0, 5, 9, 9]]
-    assert mask.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0], [1, 0, 0, 0]]
+@pytest.mark.parametrize("tokens,ids,shift", [
+    ([1, 2, 3, 4, 5, 3, 7, 8], [1, 2, 3, 7], 3), ([1, 2, 3, 7, 3, 7, 8], [1, 2, 3, 7], 2),
+    ([1, 2, 3, 4, 5, 6, 3, 7], [1, 2, 3, 7], 4), ([1, 2, 3, 4, 5, 6, 8, 3, 7], [1, 2, 3, 7], 0),
+    ([1, 2, 3, 4, 7, 5], [1, 2, 3, 7], 1), ([4, 7, 5], [7], 1), ([4, 5, 7], [7], 0), ([1, 2, 3], [1, 2, 3], 0),
+])
+def test_echo_finds_the_estimate_s_copy_of_the_held_end(tokens, ids, shift):
+    assert echo(tokens, ids) == shift
 
 
-def test_a_held_prompt_moves_the_generated_blocks_after_it_and_no_known_one(make_pipeline, monkeypatch):
+def _held_estimate(pipe, monkeypatch, estimate: torch.Tensor) -> tuple[list, list]:
+    """Make the pipeline's VAE decode every window to ``estimate`` (from the window's first block; the test holds
+    block 0) and encode to zeros; returns the logs of decoded window sizes and encoded (blocks, mask)."""
+    k, length = pipe.vae.config.latents_per_block, pipe.vae.config.block_length
+    decoded, encoded = [], []
+
+    def decode(x):
+        start = len(decoded) and 1  # the first call reads the held block, a second the blocks after it
+        decoded.append(x.shape[1] // k)
+        return estimate[start * length : (start + x.shape[1] // k) * length][None]
+
+    monkeypatch.setattr(pipe.vae, "decode_sequence", decode)
+    monkeypatch.setattr(pipe.vae, "encode_sequence", lambda blocks, mask: encoded.append((blocks, mask)) or
+                        torch.zeros(len(blocks), k, pipe.vae.config.latent_channels))
+    return decoded, encoded
+
+
+def test_a_held_prompt_moves_the_text_up_over_the_estimate_s_copy_to_the_window_end(make_pipeline, monkeypatch):
     pipe = make_pipeline()
     cfg = pipe.vae.config
     k, length, eos, pad = cfg.latents_per_block, cfg.block_length, cfg.eos_token_id, cfg.pad_token_id
-    ids = [11, 12, 13]
-    estimate = torch.tensor([11, 12, 14, 12, 13] + [20] * (length - 5) + [21, 22, eos] + [pad] * (length - 3)
-                            + [30] * length)  # block 0 says "12 13" again; block 2 is known
-    decoded = []
-    monkeypatch.setattr(pipe.vae, "decode_sequence",
-                        lambda x: decoded.append(x.shape[1] // k) or estimate[: x.shape[1] // k * length][None])
-    encoded = []
-    monkeypatch.setattr(pipe.vae, "encode_sequence", lambda blocks, mask: encoded.append((blocks, mask)) or
-                        torch.zeros(len(blocks), k, cfg.latent_channels))
+    ids, body = [11, 12, 13], [20] * (length - 5)
+    estimate = torch.tensor([11, 12, 14, 12, 13, *body, 21, 22, eos] + [pad] * (length - 3) + [eos] * length)
+    decoded, encoded = _held_estimate(pipe, monkeypatch, estimate)  # block 0 says "12 13" again
+    x0 = torch.ones(2, 3 * k, cfg.latent_channels)
+    out = pipe._hold_tokens(x0, [{0: ids}, {}], torch.zeros(2, 3 * k, dtype=torch.bool))  # row 1 holds nothing
+    (blocks, mask), = encoded  # blocks 0 and 1 moved up two tokens; block 2 (EOS only) is as it was
+    assert blocks.tolist() == [ids + body + [21, 22], [eos] + [pad] * (length - 3) + [eos] * 2]
+    assert mask.tolist() == [[1] * length, [1] + [0] * (length - 1)]
+    assert decoded == [1, 2] and (out[0, : 2 * k] == 0).all() and (out[0, 2 * k :] == 1).all()
+    assert (out[1] == 1).all()
+
+
+def test_a_held_prompt_before_a_known_block_is_only_overwritten(make_pipeline, monkeypatch):
+    pipe = make_pipeline()
+    cfg = pipe.vae.config
+    k, length, eos, pad = cfg.latents_per_block, cfg.block_length, cfg.eos_token_id, cfg.pad_token_id
+    ids, body = [11, 12, 13], [20] * (length - 5)
+    estimate = torch.tensor([11, 12, 14, 12, 13, *body, 21, 22, eos] + [pad] * (length - 3) + [30] * length)
+    decoded, encoded = _held_estimate(pipe, monkeypatch, estimate)
     x0 = torch.ones(1, 3 * k, cfg.latent_channels)
     known = torch.zeros(1, 3 * k, dtype=torch.bool)
-    known[0, 2 * k :] = True
+    known[0, 2 * k :] = True  # block 2 is fixed text: nothing moves towards it
     out = pipe._hold_tokens(x0, [{0: ids}], known)
     (blocks, mask), = encoded
-    assert blocks.tolist() == [ids + [20] * (length - 5) + [21, 22], [eos] + [pad] * (length - 1)]
-    assert mask.tolist() == [[1] * length, [1] + [0] * (length - 1)]
-    assert (out[0, : 2 * k] == 0).all() and (out[0, 2 * k :] == 1).all()  # the known block is not re-encoded
-    assert decoded == [1, 2]  # the held block, then (a copy found) the generated ones after it too
-    estimate[3:5] = torch.tensor([15, 16])  # no copy: the held block alone is decoded, overwritten and encoded
-    decoded.clear(), encoded.clear()
-    pipe._hold_tokens(x0, [{0: ids}], known)
-    assert decoded == [1] and encoded[0][0].tolist() == [ids + [15, 16] + [20] * (length - 5)]
+    assert blocks.tolist() == [ids + [12, 13] + body] and mask.tolist() == [[1] * length]
+    assert decoded == [1] and (out[0, :k] == 0).all() and (out[0, k:] == 1).all()
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_decode_blocks_reads_the_blocks_with_a_context_decoder_s_neighbours(make_pipeline, index):
+    pipe = make_pipeline()
+    pipe.vae = pipe.vae.with_context(1)
+    x = torch.randn(4 * pipe.vae.config.latents_per_block, pipe.vae.config.latent_channels)
+    length = pipe.vae.config.block_length
+    whole = pipe.vae.decode_sequence(x[None])[0]
+    for stop in range(index + 1, 5):
+        assert torch.equal(pipe._decode_blocks(x, index, stop), whole[index * length : stop * length])
 
 
 @pytest.mark.parametrize("kwargs,message", [

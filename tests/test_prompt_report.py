@@ -42,9 +42,12 @@ def test_the_report_scores_continuations_of_prompts_shorter_than_a_block(make_pi
     assert list(result["rows"]) == ["references (their own continuations)", "ldlm, 2 steps",
                                     "ldlm, quick-start prompt, 2 steps"]
     for row in result["rows"].values():
-        assert row["gen_ppl"] > 1 and 0 <= row["echo_rate"] <= 1 and row["words"] > 0
+        assert row["gen_ppl"] > 1 and 0 <= row["echo_rate"] <= 1 and row["words"] > 0 and row["empty"] >= 0
+    cut = {t[: len(p)] for t in restaurant_sentences(6, seed=0) for p in prompts if t.startswith(p)}
+    assert set(prompts) <= cut  # each prompt is the start of a reference, and its continuations follow it
+    assert not any(c.startswith(p) for p in prompts for c in result["continuations"])
     with pytest.raises(SystemExit, match="exists; pass another --output"):
         bench.main()  # never overwrites a report
-    monkeypatch.setattr(sys, "argv", argv[:4] + [str(tmp_path / "none.jsonl")] + argv[5:-1] + [str(tmp_path / "b")])
-    with pytest.raises(SystemExit, match="no references at"):
+    monkeypatch.setattr(sys, "argv", argv[:-1] + [str(tmp_path / "no" / "b.json")])
+    with pytest.raises(SystemExit, match="no folder"):
         bench.main()

@@ -22,3 +22,9 @@ def join_blocks(block_ids: torch.Tensor, eos_id: int) -> list[int]:
     """Concatenate a document's blocks (num_blocks, L) and cut at the first EOS."""
     flat = block_ids.reshape(-1).tolist()
     return flat[: flat.index(eos_id)] if eos_id in flat else flat
+
+
+def mask_after_eos(blocks: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Masks (…, L) of token blocks (…, L) as training blocks have them: 1 up to and including each block's first EOS."""
+    eos = (blocks == eos_id).long()
+    return ((eos.cumsum(-1) - eos) == 0).long()

@@ -6,7 +6,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ldlm.vae.blocks import join_blocks, split_into_blocks
+from ldlm.vae.blocks import join_blocks, mask_after_eos, split_into_blocks
 
 
 def pca_token_table(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
@@ -244,9 +244,7 @@ class TextVAE(ModelMixin, ConfigMixin):
         """Standardized latent sequences (B, N, C) moved onto the code: decoded to their most likely tokens and
         encoded again, each block masked after its first EOS as training blocks are."""
         ids = self.decode_sequence(latents).reshape(-1, self.config.block_length)
-        eos = ids == self.config.eos_token_id
-        mask = (eos.long().cumsum(-1) - eos.long()) == 0  # real tokens: up to and including the first EOS
-        return self.encode_sequence(ids, mask.long()).reshape(latents.shape)
+        return self.encode_sequence(ids, mask_after_eos(ids, self.config.eos_token_id)).reshape(latents.shape)
 
     @torch.no_grad()
     def end_block_latents(self) -> torch.Tensor:

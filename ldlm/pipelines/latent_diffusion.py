@@ -14,6 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ldlm.dit.model import LatentDiT
 from ldlm.dit.objective import DiffusionObjective
 from ldlm.pipelines.text import check_text
+from ldlm.vae.blocks import mask_after_eos
 from ldlm.vae.model import TextVAE
 
 DIVERGED = 1e4  # a sample this many times the starting noise scale has left the standardized latents for good
@@ -67,42 +68,26 @@ def window_starts(blocks: int, window: int) -> list[int]:
 ECHO_REACH = 4  # how far after held tokens a clean estimate's copy of their last two is looked for
 
 
-def echo(tokens: torch.Tensor, ids: list[int], reach: int = ECHO_REACH) -> int:
-    """How many tokens after where ``ids`` are held a clean estimate's ``tokens`` (T,) end its own copy of them: of
-    their last token right after them, or of their last two within ``reach`` (it phrased their start in other words:
-    "The Eagle is an average priced coffee shop serving" under "The Eagle is a coffee shop"); 0 if none."""
-    n, held = len(ids), torch.tensor(ids, dtype=tokens.dtype, device=tokens.device)
+def echo(tokens: list[int], ids: list[int], reach: int = ECHO_REACH) -> int:
+    """The shift past a clean estimate's own copy of the end of the ``ids`` held at its start: its last token right
+    after them (1), or its last two ending within ``reach`` tokens after them; 0 if none. (The estimate phrased their
+    start in other words: "The Eagle is an average priced coffee shop serving" under "The Eagle is a coffee shop".)"""
+    n = len(ids)
     for shift in range(1, reach + 1):
         size = min(shift, 2)
-        if n >= size and torch.equal(tokens[n + shift - size : n + shift], held[n - size :]):
+        if n >= size and tokens[n + shift - size : n + shift] == ids[n - size :]:
             return shift
     return 0
 
 
-def hold(tokens: torch.Tensor, ids: list[int], eos_id: int, pad_id: int, reach: int = ECHO_REACH) -> torch.Tensor:
-    """A clean estimate's tokens (T,) from a held block's start on, with ``ids`` written at the start. Where the
-    estimate has its own copy of their end (:func:`echo`), what lies up to it is dropped and the rest moves up,
-    padded after its EOS, so the text does not say them twice; without an EOS in ``tokens`` (the text goes on past
-    them) nothing moves."""
-    n, out = len(ids), tokens.clone()
-    ends = (tokens == eos_id).nonzero()
-    shift = echo(tokens, ids, reach) if len(ends) and int(ends[0]) > n else 0
-    if shift:
-        out[: len(tokens) - shift] = tokens[shift:].clone()
-        out[len(tokens) - shift :] = pad_id
-    out[:n] = torch.tensor(ids, dtype=tokens.dtype, device=tokens.device)
-    return out
-
-
-def block_masks(tokens: torch.Tensor, block_length: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Consecutive blocks (B, L) of a text's tokens (B·L,) and their masks, as training blocks are: real tokens up
-    to and including the first EOS; a block past it holds EOS alone (the end-of-text block)."""
-    eos = (tokens == eos_id).long()
-    mask = ((eos.cumsum(0) - eos) == 0).long().view(-1, block_length)
-    blocks = tokens.view(-1, block_length).clone()
-    ended = mask[:, 0] == 0
-    blocks[ended, 0], mask[ended, 0] = eos_id, 1
-    return blocks, mask
+def hold(tokens: list[int], ids: list[int], eos_id: int, reach: int = ECHO_REACH) -> list[int]:
+    """A clean estimate's tokens from a held block's start on, with ``ids`` written at the start. Where the estimate
+    has its own copy of their end (:func:`echo`) and its text ends after it (an EOS follows, none is skipped), what
+    lies up to the copy is dropped and the rest moves up, EOS filling the end, so the text does not say it twice."""
+    n, shift = len(ids), echo(tokens, ids, reach)
+    if shift and eos_id in tokens[n + shift :] and eos_id not in tokens[n : n + shift]:
+        tokens = tokens[shift:] + [eos_id] * shift
+    return ids + tokens[n:]
 
 
 class LatentDiffusionLMPipeline(DiffusionPipeline):
@@ -259,27 +244,27 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
     def _hold_tokens(self, x0: torch.Tensor, held: list[dict[int, list[int]]],
                      known_mask: torch.Tensor) -> torch.Tensor:
         """Write the held tokens at the start of their blocks into the clean estimate (decode, overwrite,
-        re-encode), leaving the rest of each such block, and of the generated blocks after it, to the model
-        (:func:`hold`)."""
+        re-encode), leaving the rest of each such block to the model; where the generated blocks after it run to the
+        window's end, the text there may move up too (:func:`hold`)."""
         cfg = self.vae.config
-        k, length = cfg.latents_per_block, cfg.block_length
+        k, length, eos = cfg.latents_per_block, cfg.block_length, cfg.eos_token_id
         count = x0.shape[1] // k
         x0 = x0.clone()
         for row, blocks in enumerate(held):
+            fixed = known_mask[row, ::k].tolist()
             for index, ids in blocks.items():
                 end = index + 1  # the held block and the generated ones after it, up to a known or held one
-                while end < count and end not in blocks and not known_mask[row, end * k]:
+                while end < count and end not in blocks and not fixed[end]:
                     end += 1
-                tokens = self._decode_blocks(x0[row], index, index + 1)
-                if end > index + 1 and (echo(tokens, ids) or len(ids) + ECHO_REACH > length):
-                    tokens = self._decode_blocks(x0[row], index, end)  # the text after it may move up
-                spliced = hold(tokens, ids, cfg.eos_token_id, cfg.pad_token_id)
-                moved = not torch.equal(spliced[len(ids) :], tokens[len(ids) :])
-                new, mask = block_masks(spliced if moved else spliced[:length], length, cfg.eos_token_id)
-                old = tokens.view(-1, length)
-                changed = [0] + [i for i in range(1, len(new)) if not torch.equal(new[i], old[i])]
-                latents = self.vae.encode_sequence(new[changed], mask[changed]).view(len(changed), k, -1)
-                for i, block in zip(changed, latents):
+                tokens = self._decode_blocks(x0[row], index, index + 1).tolist()
+                if end == count > index + 1 and (len(ids) + ECHO_REACH > length or echo(tokens, ids)):
+                    tokens += self._decode_blocks(x0[row], index + 1, end).tolist()
+                new = hold(tokens, ids, eos)
+                changed = [0] + [i for i in range(1, len(new) // length)
+                                 if new[i * length : (i + 1) * length] != tokens[i * length : (i + 1) * length]]
+                rewritten = torch.tensor([new[i * length : (i + 1) * length] for i in changed], device=x0.device)
+                latents = self.vae.encode_sequence(rewritten, mask_after_eos(rewritten, eos))
+                for i, block in zip(changed, latents.view(len(changed), k, -1)):
                     x0[row, (index + i) * k : (index + i + 1) * k] = block
         return x0
 
