@@ -1,6 +1,6 @@
 """Prompted continuations: held-out E2E texts cut inside their first block, continued by a pipeline; the
 continuation's gen-PPL given its prompt and how often it echoes the prompt's last words right after it ("coffee shop
-coffee shop"), beside the references' own continuations and the README's quick-start prompt.
+coffee shop") and their diversity (Div), beside the references' own continuations and the README's quick-start prompt.
 
     python benchmarks/prompt_report.py                  # the shipped checkpoint, 48 prompts × 4 samples, 25 steps
 """
@@ -16,7 +16,7 @@ import torch
 
 from bench_common import run_script
 from ldlm.data.corpus import read_corpus
-from ldlm.evaluation.metrics import GenerativePerplexity
+from ldlm.evaluation.metrics import GenerativePerplexity, diversity
 from ldlm.pipelines.loading import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +40,8 @@ def echoes(prompt: str, continuation: str, reach: int = 8) -> bool:
 
 
 def score(prompts: list[str], continuations: list[str], ppl: GenerativePerplexity) -> dict:
-    nll, count = ppl.token_nll(continuations, prompts)
     rate = sum(echoes(p, c) for p, c in zip(prompts, continuations)) / len(prompts)
-    return {"gen_ppl": float(torch.tensor(nll / max(count, 1)).exp()), "echo_rate": rate,
+    return {"gen_ppl": ppl(continuations, prompts), "echo_rate": rate, "div": diversity(continuations),
             "words": sum(len(c.split()) for c in continuations) / len(continuations),
             "empty": sum(not c.strip() for c in continuations)}  # (not in gen-PPL: nothing to score)
 
@@ -108,10 +107,11 @@ def main() -> None:
         f"ldlm, {args.steps} steps": score([p for p in prompts for _ in range(args.samples)], generated, ppl),
         f"ldlm, quick-start prompt, {args.steps} steps": score([QUICK_START] * len(quick), quick, ppl),
     }
-    print("| continuations | gen-PPL given the prompt | echo rate | words | empty |")
-    print("|---|---|---|---|---|")
+    print("| continuations | gen-PPL given the prompt | echo rate | Div | words | empty |")
+    print("|---|---|---|---|---|---|")
     for name, m in rows.items():
-        print(f"| {name} | {m['gen_ppl']:.1f} | {m['echo_rate']:.3f} | {m['words']:.1f} | {m['empty']} |")
+        print(f"| {name} | {m['gen_ppl']:.1f} | {m['echo_rate']:.3f} | {m['div']:.3f} | {m['words']:.1f} | "
+              f"{m['empty']} |")
     print("\nQuick start:")
     for text in quick[:8]:
         print(f"- {QUICK_START}{text}")

@@ -37,6 +37,7 @@ def test_token_nll_after_a_prefix_scores_only_the_text_given_the_prefix(teacher_
     got_total, got_count = ppl.token_nll(texts, prefixes)
     assert got_count == count and got_total == pytest.approx(total, rel=1e-4)
     assert got_total != pytest.approx(ppl.token_nll(texts)[0], rel=1e-3)  # the prefix changes the score
+    assert ppl(texts, prefixes) == pytest.approx(math.exp(total / count), rel=1e-4)
     with pytest.raises(LdlmError, match="2 prefixes for 1 texts"):
         ppl.token_nll(texts[:1], prefixes)
 

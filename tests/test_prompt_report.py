@@ -43,6 +43,7 @@ def test_the_report_scores_continuations_of_prompts_shorter_than_a_block(make_pi
                                     "ldlm, quick-start prompt, 2 steps"]
     for row in result["rows"].values():
         assert row["gen_ppl"] > 1 and 0 <= row["echo_rate"] <= 1 and row["words"] > 0 and row["empty"] >= 0
+        assert 0 < row["div"] <= 1
     cut = {t[: len(p)] for t in restaurant_sentences(6, seed=0) for p in prompts if t.startswith(p)}
     assert set(prompts) <= cut  # each prompt is the start of a reference, and its continuations follow it
     assert not any(c.startswith(p) for p in prompts for c in result["continuations"])

@@ -57,8 +57,9 @@ class GenerativePerplexity:
             count += int(scored[:, 1:].sum())
         return total, count
 
-    def __call__(self, texts: list[str]) -> float:
-        total, count = self.token_nll(texts)
+    def __call__(self, texts: list[str], prefixes: list[str] | None = None) -> float:
+        """Perplexity of ``texts``, each read after its prefix in ``prefixes`` when given (see :meth:`token_nll`)."""
+        total, count = self.token_nll(texts, prefixes)
         if not count:
             raise LdlmError("no tokens to score")
         return math.exp(total / count)

@@ -260,9 +260,9 @@ class LatentDiffusionLMPipeline(DiffusionPipeline):
                 if end == count > index + 1 and (len(ids) + ECHO_REACH > length or echo(tokens, ids)):
                     tokens += self._decode_blocks(x0[row], index + 1, end).tolist()
                 new = hold(tokens, ids, eos)
-                changed = [0] + [i for i in range(1, len(new) // length)
-                                 if new[i * length : (i + 1) * length] != tokens[i * length : (i + 1) * length]]
-                rewritten = torch.tensor([new[i * length : (i + 1) * length] for i in changed], device=x0.device)
+                new, old = ([seq[i : i + length] for i in range(0, len(seq), length)] for seq in (new, tokens))
+                changed = [i for i, (block, before) in enumerate(zip(new, old)) if i == 0 or block != before]
+                rewritten = torch.tensor([new[i] for i in changed], device=x0.device)
                 latents = self.vae.encode_sequence(rewritten, mask_after_eos(rewritten, eos))
                 for i, block in zip(changed, latents.view(len(changed), k, -1)):
                     x0[row, (index + i) * k : (index + i + 1) * k] = block
