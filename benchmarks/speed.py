@@ -4,6 +4,8 @@ a profile of where ldlm's time goes (DiT, VAE decoder, vocabulary projection).
     python benchmarks/speed.py                           # 5/10/25/50 steps × 64/256/1024 tokens × batch 1/16
     python benchmarks/speed.py --ar runs/e2e-ar --device cuda
     python benchmarks/speed.py --quick                   # CI smoke run (< 2 min on CPU)
+    python benchmarks/speed.py --model checkpoints/ldlm-kjv-smollm2 --tokens 10000 --steps 25 --batch-sizes 1 \
+        --ar-window 256                                  # long documents, the AR with a sliding cache
 
 Both systems produce token ids and nothing else (no detokenization) for exactly ``tokens`` positions per row.
 ldlm: an output that fits one window is one ``pipe.denoise`` call (the sampler of ``pipe(batch_size=B,
@@ -13,7 +15,8 @@ num_blocks=tokens / L)``) plus the VAE decode; a longer one runs ``LongGeneratio
 Iterating LongGeneration itself would not give a fixed amount of work: with ``stop_at_eos=False`` it drops EOS
 tokens before counting towards ``max_tokens``, encodes its context again from the text and resamples silent groups.
 AR: ``generate``
-with the KV cache, sampling ``tokens`` new tokens per row (``stop_at_eos=False``).
+with the KV cache (of the whole output, or with ``--ar-window N`` of its last N tokens), sampling ``tokens`` new
+tokens per row (``stop_at_eos=False``).
 
 Timing is interleaved so that a busy machine slows both systems alike: for each batch size and output length, every
 round calls ldlm at each step count and then the baseline once (A, B, A, B, …), ``--repeats`` rounds (``--pairs`` at
@@ -67,8 +70,10 @@ def ldlm_ids(pipe: LatentDiffusionLMPipeline, batch: int, tokens: int, steps: in
     return run.fixed_ids(tokens)
 
 
-def ar_ids(model: CausalLM, batch: int, tokens: int, generator: torch.Generator) -> torch.Tensor:
-    return model.generate(batch_size=batch, max_new_tokens=tokens, stop_at_eos=False, generator=generator)
+def ar_ids(model: CausalLM, batch: int, tokens: int, generator: torch.Generator,
+           window: int | None = None) -> torch.Tensor:
+    return model.generate(batch_size=batch, max_new_tokens=tokens, stop_at_eos=False, generator=generator,
+                          window=window)
 
 
 @contextmanager
@@ -149,15 +154,18 @@ def shipped_longgen_tokens_per_s(pipe: LatentDiffusionLMPipeline, new_blocks: in
 
 
 def time_cell(pipe: LatentDiffusionLMPipeline, model: CausalLM, batch: int, tokens: int, steps: list[int],
-              rounds: int, new_blocks: int | None, seed: int, device: torch.device) -> list[dict]:
-    """Rows for one batch size and output length: ldlm at each step count and the baseline, each warmed up once,
-    then timed in ``rounds`` interleaved rounds. An ldlm row carries its per-round speedups (AR time / ldlm time)."""
+              rounds: int, new_blocks: int | None, seed: int, device: torch.device,
+              ar_window: int | None = None) -> list[dict]:
+    """Rows for one batch size and output length: ldlm at each step count and the baseline (its cache the last
+    ``ar_window`` tokens, if given), each warmed up once, then timed in ``rounds`` interleaved rounds. An ldlm row
+    carries its per-round speedups (AR time / ldlm time)."""
     gen = lambda: torch.Generator(device).manual_seed(seed)  # noqa: E731
     # the warm-ups give the peak memory: ldlm's shapes are the same at any step count
     ldlm_peak = peak_mib(lambda: ldlm_ids(pipe, batch, tokens, min(steps), new_blocks, gen()), device)
-    ar_peak = peak_mib(lambda: ar_ids(model, batch, tokens, gen()), device)
+    ar = lambda: ar_ids(model, batch, tokens, gen(), ar_window)  # noqa: E731
+    ar_peak = peak_mib(ar, device)
     calls = [lambda s=s: ldlm_ids(pipe, batch, tokens, s, new_blocks, gen()) for s in steps]
-    *ldlm_times, ar_times = interleaved_seconds([*calls, lambda: ar_ids(model, batch, tokens, gen())], rounds, device)
+    *ldlm_times, ar_times = interleaved_seconds([*calls, ar], rounds, device)
 
     def row(system: str, s: int | None, times: list[float], peak: float | None) -> dict:
         seconds = statistics.median(times)
@@ -181,6 +189,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per batch size and length")
     parser.add_argument("--pairs", type=int, default=9,
                         help="rounds at the headline configuration (batch 1, 256 tokens), at least 3")
+    parser.add_argument("--ar-window", type=int, default=None,
+                        help="the AR's KV cache holds its last N tokens (a sliding window; default: the whole output)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -194,6 +204,8 @@ def main() -> None:
         args.steps, args.tokens, args.batch_sizes, args.repeats, args.pairs = [10], [256], [1, 16], 1, 5
     if min(args.steps + args.tokens + args.batch_sizes + [args.repeats]) < 1 or args.pairs < 3:
         raise SystemExit("--steps, --tokens, --batch-sizes and --repeats must be positive and --pairs at least 3")
+    if args.ar_window is not None and args.ar_window < 1:
+        raise SystemExit(f"--ar-window must be at least 1, got {args.ar_window}")
     device = setup(args.device, args.threads)
     # the speedup line's configuration is always measured
     steps = sorted(set(args.steps) | {HEADLINE["steps"]})
@@ -205,6 +217,7 @@ def main() -> None:
     if any(n % block for n in lengths):
         raise SystemExit(f"--tokens must be multiples of the block length {block}, got {' '.join(map(str, lengths))}")
     model, ar_note = load_baseline(args.ar, pipe.vae)
+    ar_name = "AR (KV cache)" if args.ar_window is None else f"AR (sliding KV cache, {args.ar_window} tokens)"
     model = model.to(device, getattr(torch, args.dtype))
     window = pipe.transformer.config.max_blocks * block
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
@@ -216,10 +229,11 @@ def main() -> None:
     for batch in batches:
         for tokens in lengths:
             rounds = max(args.repeats, args.pairs) if (batch, tokens) == (b, n) else args.repeats
-            cell = time_cell(pipe, model, batch, tokens, steps, rounds, args.new_blocks, args.seed, device)
+            cell = time_cell(pipe, model, batch, tokens, steps, rounds, args.new_blocks, args.seed, device,
+                             args.ar_window)
             rows += cell
             for r in cell:
-                name = f"ldlm {r['steps']:3d} steps" if r["system"] == "ldlm" else "AR  (KV cache)"
+                name = f"ldlm {r['steps']:3d} steps" if r["system"] == "ldlm" else ar_name
                 print(f"  {name}, batch {batch:3d}, {tokens:5d} tokens: {r['seconds']:8.3f} s"
                       + (f", peak {r['peak_mib']:.0f} MiB" if r["peak_mib"] else "")
                       + (f", ×{statistics.median(r['speedups']):.2f} the AR speed" if "speedups" in r else ""),
@@ -230,7 +244,7 @@ def main() -> None:
     by_key = {(r["system"], r["steps"], r["batch"], r["tokens"]): r for r in rows}
     for batch in batches:
         for system, k in [("ldlm", k) for k in steps] + [("ar", None)]:
-            name = f"ldlm, {k} steps" if system == "ldlm" else "AR (KV cache)"
+            name = f"ldlm, {k} steps" if system == "ldlm" else ar_name
             print(f"| {name} | {batch} | "
                   + " | ".join(f"{by_key[system, k, batch, length]['tokens_per_s']:.0f}" for length in lengths) + " |")
 
@@ -247,18 +261,19 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": args.dtype,
-            "model": args.model or "shipped", "ar": ar_note, "new_blocks": args.new_blocks, "repeats": args.repeats,
-            "pairs": args.pairs, "quick": args.quick}
+            "model": args.model or "shipped", "ar": ar_note, "ar_window": args.ar_window, "new_blocks": args.new_blocks,
+            "repeats": args.repeats, "pairs": args.pairs, "quick": args.quick}
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows, "profile": prof,
                                                     "shipped_longgen_positions_per_s": shipped,
                                                     "speedup@10steps": speedup.median,
                                                     "speedup@10steps_spread": speedup.record()}, indent=1))
-    plot(rows, steps, batches, out.with_suffix(".png"), window)
+    plot(rows, steps, batches, out.with_suffix(".png"), window, ar_name)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
     print(f"speedup@10steps: {speedup.describe()}")
 
 
-def plot(rows: list[dict], steps: list[int], batches: list[int], path: Path, window: int) -> None:
+def plot(rows: list[dict], steps: list[int], batches: list[int], path: Path, window: int,
+         ar_name: str = "AR (KV cache)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,7 +285,7 @@ def plot(rows: list[dict], steps: list[int], batches: list[int], path: Path, win
             points = sorted((r["tokens"], r["tokens_per_s"]) for r in rows
                             if r["system"] == system and r["steps"] == s and r["batch"] == batch)
             style = dict(color="black", linestyle="--") if system == "ar" else {}
-            ax.plot(*zip(*points), marker="o", label=f"ldlm, {s} steps" if s else "AR (KV cache)", **style)
+            ax.plot(*zip(*points), marker="o", label=f"ldlm, {s} steps" if s else ar_name, **style)
         ax.axvline(window, color="gray", linewidth=0.8, linestyle=":", label=f"one DiT window ({window} tokens)")
         ax.set_xscale("log")
         ax.set_yscale("log")

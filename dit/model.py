@@ -34,6 +34,18 @@ def _fsdp_module():
     return FSDPModule
 
 
+def _unchanged(weights: list[torch.Tensor], state: list[tuple[torch.Tensor, int]]) -> bool:
+    """Whether ``weights`` are the tensors recorded in ``state`` (``_versions``), none updated in place since."""
+    return len(weights) == len(state) and all(p is q and p._version == v for p, (q, v) in zip(weights, state))
+
+
+def _versions(weights: list[torch.Tensor]) -> list[tuple[torch.Tensor, int]]:
+    return [(p, p._version) for p in weights]  # an in-place update bumps a tensor's version
+
+
+KeysValues = tuple[torch.Tensor, torch.Tensor]  # one layer's attention keys and values (B, H, M, D/H)
+
+
 class TimestepMemo:
     """Values computed from the timestep alone, kept as one row each per timestep (up to ``size`` timesteps) while
     the weights they come from are the same tensors, unchanged in place: at inference the same timesteps recur in
@@ -48,9 +60,8 @@ class TimestepMemo:
         when it holds them."""
         if any(p.is_inference() for p in weights):  # made under inference_mode: no version to see updates by
             return tuple(value[:1] for value in compute())
-        state = [(p, p._version) for p in weights]  # an in-place update bumps a tensor's version
-        if len(state) != len(self.weights) or any(p is not q or v != w for (p, v), (q, w) in zip(state, self.weights)):
-            self.values, self.weights = {}, state
+        if not _unchanged(weights, self.weights):
+            self.values, self.weights = {}, _versions(weights)
         rows = self.values.get(key)
         if rows is None:
             rows = tuple(value[:1] for value in compute())
@@ -59,8 +70,31 @@ class TimestepMemo:
         return rows
 
 
+class ContextMemo:
+    """What a ``cached_context`` model computes from its clean context alone (each layer's keys and values at the
+    context positions, and the output there), kept for the last context seen while the weights are unchanged: every
+    denoising step of a group reads the same context."""
+
+    def __init__(self) -> None:
+        self.inputs: torch.Tensor | None = None
+        self.value: tuple[list[KeysValues], torch.Tensor] | None = None
+        self.weights: list[tuple[torch.Tensor, int]] = []
+
+    def get(self, inputs: torch.Tensor, weights: list[torch.Tensor], compute: Callable[[], tuple]) -> tuple:
+        """``compute()`` for the embedded context ``inputs`` (B, M, D), from the memo when it was the last one."""
+        if any(p.is_inference() for p in weights):
+            return compute()
+        same = (self.inputs is not None and self.inputs.shape == inputs.shape and self.inputs.dtype == inputs.dtype
+                and self.inputs.device == inputs.device and torch.equal(self.inputs, inputs))
+        if not (same and _unchanged(weights, self.weights)):
+            self.inputs, self.value, self.weights = inputs, compute(), _versions(weights)
+        return self.value
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """``x`` (B, N, D) shifted and scaled per row (B, 1, D) or per position (B, N, D)."""
+    return x * (1 + scale) + shift
+
 
 
 class Attention(nn.Module):
@@ -72,15 +106,22 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: KeysValues | None = None,
+                sink: list[KeysValues] | None = None) -> torch.Tensor:
+        """Attention over ``x`` (B, N, D). ``mask`` (B, 1, N, N): which positions each may read; ``memory``: the keys
+        and values of positions outside ``x`` that it reads too (a cached context); ``sink`` receives ``x``'s own."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).unbind(2)  # each (B, N, H, D)
-        xformers = _xformers_attention() if x.is_cuda else None
-        if xformers is not None:
+        xformers = _xformers_attention() if x.is_cuda and mask is None and memory is None else None
+        if xformers is not None and sink is None:
             out = xformers(q, k, v)
         else:
             q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # (B, H, N, D)
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+            if sink is not None:
+                sink.append((k, v))
+            if memory is not None:
+                k, v = torch.cat([memory[0], k], dim=2), torch.cat([memory[1], v], dim=2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
         return self.proj(out.reshape(b, n, d))
 
 
@@ -98,15 +139,20 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None,
-                modulation: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B, N, D) through the block at conditioning ``c`` (B, D); ``modulation`` is ``ada(c)`` when the
-        caller already has it (LatentDiT's memo), else the block computes it (inside its own forward, as FSDP
-        needs)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None, modulation: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                memory: KeysValues | None = None, sink: list[KeysValues] | None = None) -> torch.Tensor:
+        """``x`` (B, N, D) through the block at conditioning ``c`` (B, D), or (B, 2, D) with a second row for the
+        clean ``context`` positions (B, N); ``modulation`` is ``ada(c)`` when the caller already has it (LatentDiT's
+        memo), else the block computes it (inside its own forward, as FSDP needs). ``mask``, ``memory`` and
+        ``sink`` go to the attention."""
         modulation = self.ada(c) if modulation is None else modulation
+        modulation = modulation[:, None] if modulation.ndim == 2 else modulation  # (B, 1 or 2, 6D)
+        if context is not None:
+            modulation = torch.where(context[..., None], modulation[:, 1:], modulation[:, :1])
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
-        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), mask, memory, sink)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
 class LatentDiT(ModelMixin, ConfigMixin):
@@ -122,6 +168,11 @@ class LatentDiT(ModelMixin, ConfigMixin):
     classifier-free guidance. Positions are learned per block and per latent slot within a block. The objective,
     prediction type, beta schedule and timestep count are recorded so a pipeline can refuse a scheduler that does not
     match them.
+
+    With ``cached_context`` the context positions are conditioned on timestep 0 and read only each other, so what
+    the model computes there depends on the context alone. Without autograd, when every row has the same context
+    positions, that part is computed once per context (:class:`ContextMemo`) and each step runs the positions to
+    denoise only: as fast as a window of those alone, while they still read the whole context.
     """
 
     presets = ("tiny", "small", "base", "large")  # the constructors below
@@ -140,6 +191,7 @@ class LatentDiT(ModelMixin, ConfigMixin):
         prediction_type: str = "v_prediction",
         beta_schedule: str = "squaredcos_cap_v2",
         num_train_timesteps: int = 1000,
+        cached_context: bool = False,
     ) -> None:
         super().__init__()
         if hidden_size % num_heads:
@@ -157,7 +209,7 @@ class LatentDiT(ModelMixin, ConfigMixin):
         for layer in (self.final_ada[1], self.out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-        self.memo = TimestepMemo()
+        self.memo, self.context_memo = TimestepMemo(), ContextMemo()
 
     @classmethod
     def tiny(cls, **kwargs) -> "LatentDiT":
@@ -208,19 +260,52 @@ class LatentDiT(ModelMixin, ConfigMixin):
         pos = (self.block_pos[: n // k, None] + self.slot_pos[None]).reshape(n, -1)
         x = self.x_embed(torch.cat([sample, self_cond], dim=-1)) + pos + context_mask[..., None] * self.context_flag
         t = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32).reshape(-1).expand(b)
+        if not (self.config.cached_context and bool(context_mask.any())):
+            return self._run(x, t)
+        shared = context_mask[0]
+        if torch.is_grad_enabled() or not bool((context_mask == shared).all()) or bool(shared.all()):
+            mask = (~context_mask[:, :, None] | context_mask[:, None, :])[:, None]  # the context reads the context
+            return self._run(x, t, context_mask, mask)
+        clean, noisy = shared.nonzero()[:, 0], (~shared).nonzero()[:, 0]
+        inputs = x[:, clean]
+        memory, clean_out = self.context_memo.get(inputs, list(self.parameters()), lambda: self._context(inputs))
+        out = x.new_empty(b, n, self.config.latent_channels)
+        out[:, clean], out[:, noisy] = clean_out, self._run(x[:, noisy], t, memory=memory)
+        return out
+
+    def _run(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+             mask: torch.Tensor | None = None, memory: list[KeysValues] | None = None,
+             sink: list[KeysValues] | None = None) -> torch.Tensor:
+        """The output (B, N, C) for embedded inputs ``x`` (B, N, D) at timesteps ``t`` (B,); ``context`` (B, N) marks
+        positions conditioned on timestep 0; ``mask``, ``memory`` (one entry per block) and ``sink`` go to the
+        attention of every block."""
+        with_clean = context is not None
         cond, modulations = None, [None] * len(self.blocks)
         if self._memoizes(t):
             sources = (self.t_embed, self.final_ada, *(block.ada for block in self.blocks))
             weights = [p for module in sources for p in module.parameters()]
-            rows = self.memo.get((float(t[0]), x.dtype), weights, lambda: self._conditioning(t, x.dtype))
-            final, *modulations = (row.expand(b, -1) for row in rows)
+            rows = [self.memo.get((float(u[0]), x.dtype), weights, lambda u=u: self._conditioning(u, x.dtype))
+                    for u in (t, torch.zeros_like(t))[: 1 + with_clean]]
+            final, *modulations = (torch.stack(parts, dim=1).expand(len(x), -1, -1) for parts in zip(*rows))
         else:
-            cond = self._embed(t, x.dtype)
+            cond = self._embed(t, x.dtype)[:, None]
+            if with_clean:
+                cond = torch.cat([cond, self._embed(torch.zeros_like(t), x.dtype)[:, None]], dim=1)
             final = self.final_ada(cond)
-        for block, modulation in zip(self.blocks, modulations):
-            x = block(x, cond, modulation)
+        memory = memory or [None] * len(self.blocks)
+        for block, modulation, kv in zip(self.blocks, modulations, memory):
+            x = block(x, cond, modulation, context, mask, kv, sink)
+        if with_clean:
+            final = torch.where(context[..., None], final[:, 1:], final[:, :1])
         shift, scale = final.chunk(2, dim=-1)
         return self.out(modulate(self.final_norm(x), shift, scale))
+
+    def _context(self, x: torch.Tensor) -> tuple[list[KeysValues], torch.Tensor]:
+        """Each block's keys and values at the embedded context ``x`` (B, M, D), and the output there: the context
+        alone at timestep 0 (it reads nothing else)."""
+        sink: list[KeysValues] = []
+        out = self._run(x, torch.zeros(len(x), device=x.device), sink=sink)
+        return sink, out
 
     def _embed(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self.t_embed(get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0).to(dtype))

@@ -167,3 +167,58 @@ def test_training_still_reaches_the_modulation_weights():
         model(torch.randn(2, 8, 8), 5)  # memoized
     model(torch.randn(2, 8, 8), 5).square().sum().backward()
     assert all(block.ada[1].weight.grad is not None for block in model.blocks)
+
+
+def _cached_model(seed: int = 0) -> LatentDiT:
+    torch.manual_seed(seed)
+    model = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4, cached_context=True)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return model
+
+
+def test_a_cached_context_is_read_but_reads_only_itself_at_timestep_zero():
+    model, x = _cached_model(), torch.randn(3, 8, 8)
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    other = x.clone()
+    other[:, 4:] = torch.randn(3, 4, 8)
+    out, moved = model(x, 7, context_mask=mask), model(other, 7, context_mask=mask)
+    assert torch.equal(out[:, :4], moved[:, :4])  # the context's computation never sees the positions to denoise
+    torch.testing.assert_close(out[:, :4], model(x, 300, context_mask=mask)[:, :4])  # nor their timestep
+    other = x.clone()
+    other[:, :4] = torch.randn(3, 4, 8)
+    assert not torch.allclose(out[:, 4:], model(other, 7, context_mask=mask)[:, 4:])  # but they read it
+    plain = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4)
+    plain.load_state_dict(model.state_dict())  # the same weights read the context as any position
+    assert not torch.allclose(plain(x, 7, context_mask=mask), out)
+    torch.testing.assert_close(plain(x, 7), model(x, 7))  # and without context they are the same model
+
+
+def test_the_context_is_computed_once_at_inference_and_gives_the_full_computation():
+    model, x = _cached_model(), torch.randn(3, 8, 8)
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    drop = torch.tensor([False, True, False])
+    full = model(x, torch.full((3,), 7), context_mask=mask, drop_context=drop)  # with autograd: one joint pass
+    calls = []
+    model._context = (lambda compute: lambda inputs: calls.append(1) or compute(inputs))(model._context)
+    with torch.no_grad():
+        first = model(x, 7, context_mask=mask, drop_context=drop)
+        torch.testing.assert_close(first, full, rtol=1e-4, atol=1e-4)
+        steps = [model(torch.where(mask[..., None], x, torch.randn_like(x)), t, context_mask=mask,
+                       drop_context=drop) for t in (500, 300, 100)]
+        assert len(calls) == 1 and all(torch.equal(step[:, :4], first[:, :4]) for step in steps)
+        model(x, 7, context_mask=mask)  # another context (none dropped): computed again
+        changed = x.clone()
+        changed[0, 0] += 1e-3
+        model(changed, 7, context_mask=mask)
+        assert len(calls) == 3
+        model.blocks[0].attn.qkv.weight.mul_(2)  # an in-place update voids the memo
+        torch.testing.assert_close(model(changed, 7, context_mask=mask), model(changed, 7, context_mask=mask))
+        assert len(calls) == 4
+        ragged = mask.clone()
+        ragged[0, 4:6] = True  # rows with different context positions: one joint pass, nothing kept
+        joint = model(x, 7, context_mask=ragged)
+        assert len(calls) == 4
+    torch.testing.assert_close(joint, model(x, 7, context_mask=ragged), rtol=1e-4, atol=1e-4)

@@ -171,3 +171,35 @@ def test_a_context_decoder_reads_each_group_after_the_last_context_block(make_pi
     expected = pipe.vae.decode_sequence(torch.cat([context[:, -k:], group], 1))[:, cfg.block_length :]
     assert run._ids(group, context) == expected.tolist()
     assert run._ids(group, context[:, :0]) == pipe.vae.decode_sequence(group).tolist()  # no context yet
+
+
+def test_a_cached_context_is_computed_once_per_group_and_samples_as_the_joint_pass(make_pipeline):
+    from ldlm.dit.model import LatentDiT
+
+    pipe = make_pipeline()
+    torch.manual_seed(1)
+    pipe.transformer = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=6, cached_context=True)
+    for p in pipe.transformer.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    model, calls = pipe.transformer, []
+    compute = model._context
+    model._context = lambda inputs: calls.append(inputs.shape[1]) or compute(inputs)
+    run = LongGeneration(pipe, None, max_tokens=4 * 3 * pipe.vae.config.block_length, new_blocks=2,
+                         num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    run.fixed_ids(4 * 2 * pipe.vae.config.block_length)  # 4 groups: none, 2, 4 and 4 context blocks
+    assert calls == [4, 8, 8]  # latents per context: once per group, not per step
+
+    known = torch.randn(2, 12, 8)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, :8] = True
+    cached = pipe.denoise(known, mask, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    forward = model.forward
+
+    def joint(*args, **kwargs):  # with autograd the model takes its one joint pass over the window
+        with torch.enable_grad():
+            return forward(*args, **kwargs).detach()
+
+    model.forward = joint
+    full = pipe.denoise(known, mask, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 4
+    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)

@@ -143,6 +143,24 @@ def test_speed_headline_is_the_median_paired_ratio_with_its_spread(make_pipeline
     assert last.startswith(f"speedup@10steps: {spread['median']:.2f} (IQR ") and "3 pairs" in last
 
 
+def test_speed_times_the_ar_with_a_sliding_cache_when_asked(make_pipeline, load_benchmark, tmp_path, monkeypatch):
+    speed = load_benchmark("speed")
+    _save_pipeline_and_tiny_ar(make_pipeline(), tmp_path)
+    windows = []
+    generate = CausalLM.generate
+    monkeypatch.setattr(CausalLM, "generate", lambda self, *a, **kw: windows.append(kw["window"]) or generate(
+        self, *a, **kw))
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"),
+                                      "--steps", "2", "--tokens", "16", "--batch-sizes", "1", "--repeats", "1",
+                                      "--pairs", "3", "--ar-window", "8", "--out", str(tmp_path / "speed")])
+    speed.main()
+    assert windows and set(windows) == {8}
+    assert json.loads((tmp_path / "speed.json").read_text())["ar_window"] == 8
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--ar-window", "0", "--model", "/nonexistent"])
+    with pytest.raises(SystemExit, match="--ar-window must be at least 1"):
+        speed.main()
+
+
 def test_speed_refuses_too_few_pairs_before_loading(load_benchmark, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["speed.py", "--pairs", "2", "--model", "/nonexistent"])
     with pytest.raises(SystemExit, match="--pairs at least 3"):

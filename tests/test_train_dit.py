@@ -98,15 +98,17 @@ def _two_processes(vae_dir: str, tmp_path, out, strategy: str, steps: int = 12) 
     return [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)], result.stderr
 
 
-def test_the_training_step_teaches_the_dit_to_read_its_context():
+@pytest.mark.parametrize("cached_context", [False, True])
+def test_the_training_step_teaches_the_dit_to_read_its_context(cached_context):
     """Windows whose last two blocks copy the first two: after 300 training steps the DiT's estimate of the copied
-    blocks at t = 500 is far better with the true context than with another window's (the context path works)."""
+    blocks at t = 500 is far better with the true context than with another window's (the context path works, also
+    for a context that reads only itself)."""
     from dataclasses import asdict
 
     from ldlm.training.config import DiffusionConfig
 
     torch.manual_seed(0)
-    dit = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4)
+    dit = LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4, cached_context=cached_context)
     diffusion = asdict(DiffusionConfig(context_prob=1.0, context_dropout=0.0, self_condition=0.0))
     module = LatentDiTModule(dit, {"diffusion": diffusion, "train": {"seed": 0}})
     optimizer = torch.optim.AdamW(dit.parameters(), lr=3e-3)
@@ -200,6 +202,18 @@ def test_warm_start_onto_longer_windows_keeps_the_trained_block_positions(vae_di
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start if k != "block_pos")
     assert torch.allclose(start["block_pos"], end["block_pos"][:4], atol=1e-6)
     assert not torch.allclose(end["block_pos"][4:], torch.zeros_like(end["block_pos"][4:]))
+
+
+def test_warm_start_may_switch_to_a_cached_context(vae_dir, tmp_path):
+    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
+    cached = train_dit(load_config(DiTExperiment, None, _overrides(
+        vae_dir, tmp_path / "b", f"init={first}", "model.cached_context=true", "train.max_steps=1", "train.lr=1e-12",
+        "sample.every=0")))
+    start = LatentDiT.from_pretrained(first / "transformer")
+    end = LatentDiT.from_pretrained(cached / "transformer")
+    assert (start.config.cached_context, end.config.cached_context) == (False, True)
+    start, end = start.state_dict(), end.state_dict()
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
 
 
 @torch.no_grad()

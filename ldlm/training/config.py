@@ -169,6 +169,11 @@ class PresetConfig:
     mlp_ratio: float = 4.0
 
 
+@dataclass
+class DiTModelConfig(PresetConfig):
+    cached_context: bool = False  # context reads only context, at timestep 0: computed once per group (LatentDiT)
+
+
 def check_preset(cls: type, cfg: PresetConfig) -> None:
     if cfg.preset not in cls.presets:
         raise LdlmError(f"model.preset must be one of {', '.join(cls.presets)}, got '{cfg.preset}'")
@@ -242,7 +247,7 @@ class DiTExperiment:
     init: Optional[str] = None  # a pipeline folder whose transformer weights start training (same shape); the export
     # keeps its weak transformer, autoguidance, temperature and new_blocks unless the distillation is guided (DESIGN.md)
     data: DiTDataConfig = field(default_factory=DiTDataConfig)
-    model: PresetConfig = field(default_factory=PresetConfig)
+    model: DiTModelConfig = field(default_factory=DiTModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/dit", lr=3e-4))

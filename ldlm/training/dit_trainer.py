@@ -179,13 +179,15 @@ class DistillDiTModule(LatentDiTModule):
 def load_transformer_weights(transformer: LatentDiT, pipeline: str) -> None:
     """Start from the transformer weights of an exported pipeline, which must have the same shape, except that it
     may have been trained on shorter windows (fewer ``max_blocks``): its block positions then fill the first rows
-    and the further blocks keep their fresh initialisation."""
+    and the further blocks keep their fresh initialisation; and it may read its context differently
+    (``cached_context``), the weights being the same."""
     folder = Path(pipeline) / "transformer"
     if not (folder / "config.json").is_file():
         raise LdlmError(f"init: {pipeline} holds no transformer/ folder")
     trained = LatentDiT.from_pretrained(folder)
     diff = sorted(k for k in transformer.config
                   if not k.startswith("_") and trained.config.get(k) != transformer.config[k])
+    diff = [k for k in diff if k != "cached_context"]
     if diff == ["max_blocks"] and trained.config.max_blocks < transformer.config.max_blocks:
         diff = []
     if diff:
@@ -281,7 +283,7 @@ def _prepare(cfg: DiTExperiment, out: Path) -> Job:
     transformer = build_preset(LatentDiT, cfg.model, latent_channels=vae.config.latent_channels,
                                latents_per_block=vae.config.latents_per_block, max_blocks=cfg.data.max_blocks,
                                objective=d.objective, prediction_type=d.prediction_type, beta_schedule=d.beta_schedule,
-                               num_train_timesteps=d.num_train_timesteps)
+                               num_train_timesteps=d.num_train_timesteps, cached_context=cfg.model.cached_context)
     if cfg.init is not None:
         load_transformer_weights(transformer, cfg.init)
     defaults = _sampling_defaults(cfg, transformer)
