@@ -96,9 +96,9 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-
 class Attention(nn.Module):
-    """Bidirectional multi-head self-attention (SDPA by default, xformers on CUDA when installed)."""
+    """Bidirectional multi-head self-attention (SDPA; xformers' kernel on CUDA when installed and nothing is masked,
+    cached or kept)."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -142,8 +142,8 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor | None, modulation: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 memory: KeysValues | None = None, sink: list[KeysValues] | None = None) -> torch.Tensor:
-        """``x`` (B, N, D) through the block at conditioning ``c`` (B, D), or (B, 2, D) with a second row for the
-        clean ``context`` positions (B, N); ``modulation`` is ``ada(c)`` when the caller already has it (LatentDiT's
+        """``x`` (B, N, D) through the block at conditioning ``c`` (B, D) or (B, 1, D), or (B, 2, D) with a second row
+        for the clean ``context`` positions (B, N); ``modulation`` is ``ada(c)`` when the caller already has it (LatentDiT's
         memo), else the block computes it (inside its own forward, as FSDP needs). ``mask``, ``memory`` and
         ``sink`` go to the attention."""
         modulation = self.ada(c) if modulation is None else modulation
@@ -171,8 +171,8 @@ class LatentDiT(ModelMixin, ConfigMixin):
 
     With ``cached_context`` the context positions are conditioned on timestep 0 and read only each other, so what
     the model computes there depends on the context alone. Without autograd, when every row has the same context
-    positions, that part is computed once per context (:class:`ContextMemo`) and each step runs the positions to
-    denoise only: as fast as a window of those alone, while they still read the whole context.
+    positions (and FSDP does not shard the model), that part is computed once per context (:class:`ContextMemo`)
+    and each step runs the positions to denoise only, which still read the whole context.
     """
 
     presets = ("tiny", "small", "base", "large")  # the constructors below
@@ -263,7 +263,8 @@ class LatentDiT(ModelMixin, ConfigMixin):
         if not (self.config.cached_context and bool(context_mask.any())):
             return self._run(x, t)
         shared = context_mask[0]
-        if torch.is_grad_enabled() or not bool((context_mask == shared).all()) or bool(shared.all()):
+        if (torch.is_grad_enabled() or self._sharded() or not bool((context_mask == shared).all())
+                or bool(shared.all())):
             mask = (~context_mask[:, :, None] | context_mask[:, None, :])[:, None]  # the context reads the context
             return self._run(x, t, context_mask, mask)
         clean, noisy = shared.nonzero()[:, 0], (~shared).nonzero()[:, 0]
@@ -317,7 +318,11 @@ class LatentDiT(ModelMixin, ConfigMixin):
 
     def _memoizes(self, t: torch.Tensor) -> bool:
         """Whether this forward reads the timestep's conditioning from the memo (see the class docstring)."""
-        if torch.is_grad_enabled() or t.device.type != "cpu" or not bool((t == t[0]).all()):
-            return False
-        fsdp = _fsdp_module()  # FSDP gathers weights into tensors it reuses: no memo
-        return fsdp is None or not isinstance(self, fsdp)
+        return not (torch.is_grad_enabled() or t.device.type != "cpu" or not bool((t == t[0]).all())
+                    or self._sharded())
+
+    def _sharded(self) -> bool:
+        """Whether FSDP shards this model: it gathers weights into tensors it reuses (no memo), and every rank must
+        run the same forwards (no context computed on one rank and reused on another)."""
+        fsdp = _fsdp_module()
+        return fsdp is not None and isinstance(self, fsdp)

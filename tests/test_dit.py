@@ -222,3 +222,19 @@ def test_the_context_is_computed_once_at_inference_and_gives_the_full_computatio
         joint = model(x, 7, context_mask=ragged)
         assert len(calls) == 4
     torch.testing.assert_close(joint, model(x, 7, context_mask=ragged), rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_fsdp_shards_runs_every_forward_whole(monkeypatch):
+    """Every rank must run the same forwards: no context kept from an earlier one, no memoized modulation."""
+    import ldlm.dit.model as dit_model
+
+    model, x = _cached_model(), torch.randn(3, 8, 8)
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    monkeypatch.setattr(dit_model, "_fsdp_module", lambda: LatentDiT)  # as if every LatentDiT were sharded
+    calls = []
+    model._context = lambda inputs: calls.append(1)
+    with torch.no_grad():
+        out = model(x, 7, context_mask=mask)
+    assert not calls and not model.memo.values
+    torch.testing.assert_close(out, model(x, 7, context_mask=mask), rtol=1e-4, atol=1e-4)
