@@ -173,13 +173,19 @@ def test_config_errors(vae_dir, tmp_path, capsys, override, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_warm_start_begins_from_the_given_pipeline(vae_dir, tmp_path, capsys):
-    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=30")))
+def _warm_start(vae_dir, tmp_path, first_steps: int, *extra: str):
+    """A first run of ``first_steps`` steps, then one step (at a negligible learning rate) from it with ``extra``
+    overrides: the first run's folder, its transformer and the warm start's."""
+    first = train_dit(load_config(DiTExperiment, None, _overrides(
+        vae_dir, tmp_path / "a", f"train.max_steps={first_steps}")))
     second = train_dit(load_config(DiTExperiment, None, _overrides(
-        vae_dir, tmp_path / "b", f"init={first}", "train.max_steps=1", "train.lr=1e-12",
-        "sample.every=0")))
-    start = LatentDiT.from_pretrained(first / "transformer").state_dict()
-    end = LatentDiT.from_pretrained(second / "transformer").state_dict()
+        vae_dir, tmp_path / "b", f"init={first}", *extra, "train.max_steps=1", "train.lr=1e-12", "sample.every=0")))
+    return first, LatentDiT.from_pretrained(first / "transformer"), LatentDiT.from_pretrained(second / "transformer")
+
+
+def test_warm_start_begins_from_the_given_pipeline(vae_dir, tmp_path, capsys):
+    first, start, end = _warm_start(vae_dir, tmp_path, 30)
+    start, end = start.state_dict(), end.state_dict()
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
     config = str(_empty_config(tmp_path))
     assert main(["train-dit", "--config", config, *_overrides(vae_dir, tmp_path / "c"), f"init={first}",
@@ -191,12 +197,7 @@ def test_warm_start_begins_from_the_given_pipeline(vae_dir, tmp_path, capsys):
 
 
 def test_warm_start_onto_longer_windows_keeps_the_trained_block_positions(vae_dir, tmp_path):
-    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
-    longer = train_dit(load_config(DiTExperiment, None, _overrides(
-        vae_dir, tmp_path / "b", f"init={first}", "data.max_blocks=6", "train.max_steps=1", "train.lr=1e-12",
-        "sample.every=0")))
-    start = LatentDiT.from_pretrained(first / "transformer")
-    end = LatentDiT.from_pretrained(longer / "transformer")
+    _, start, end = _warm_start(vae_dir, tmp_path, 2, "data.max_blocks=6")
     assert (start.config.max_blocks, end.config.max_blocks) == (4, 6)
     start, end = start.state_dict(), end.state_dict()
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start if k != "block_pos")
@@ -205,12 +206,7 @@ def test_warm_start_onto_longer_windows_keeps_the_trained_block_positions(vae_di
 
 
 def test_warm_start_may_switch_to_a_cached_context(vae_dir, tmp_path):
-    first = train_dit(load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path / "a", "train.max_steps=2")))
-    cached = train_dit(load_config(DiTExperiment, None, _overrides(
-        vae_dir, tmp_path / "b", f"init={first}", "model.cached_context=true", "train.max_steps=1", "train.lr=1e-12",
-        "sample.every=0")))
-    start = LatentDiT.from_pretrained(first / "transformer")
-    end = LatentDiT.from_pretrained(cached / "transformer")
+    _, start, end = _warm_start(vae_dir, tmp_path, 2, "model.cached_context=true")
     assert (start.config.cached_context, end.config.cached_context) == (False, True)
     start, end = start.state_dict(), end.state_dict()
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
