@@ -125,24 +125,28 @@ def test_without_eos_padding_and_eos_are_dropped_and_only_a_silent_model_ends(ma
 
 def test_without_eos_the_document_goes_on_from_its_own_text(make_pipeline):
     """A model whose every group ends its text still writes to max_tokens: each group's context is the text so far
-    encoded again (complete blocks; the partial one held), never the ending it drew."""
+    encoded again (its last tokens, ending where the text ends), never the ending it drew; tokens are held only
+    while the text is shorter than a block."""
     pipe = make_pipeline()
     cfg = pipe.vae.config
     words = pipe.tokenizer("Zizzi is a cheap pub", add_special_tokens=False)["input_ids"]
-    encoded, held_seen = [], []
+    encoded, held_seen, written = [], [], []
     encode = pipe.vae.encode_sequence
 
     def spy(ids, mask=None):
         encoded.append(ids.reshape(-1).tolist())
+        assert encoded[-1] == written[-len(encoded[-1]) :]  # the context ends where the text does
         return encode(ids, mask)
 
     def draw(context, held):
-        held_seen.append(held)
+        held_seen.append((context.shape[1], held))
         return torch.zeros(1, cfg.latents_per_block, cfg.latent_channels)
 
     def ids(group, context):  # the model writes the held tokens, the sentence and an end-of-text, cut to one block
-        partial = list(held_seen[-1][0].values())[0] if held_seen[-1] and held_seen[-1][0] else []
+        held = held_seen[-1][1]
+        partial = list(held[0].values())[0] if held and held[0] else []
         row = (partial + words + [cfg.eos_token_id] + [cfg.pad_token_id] * cfg.block_length)[: cfg.block_length]
+        written.extend(token for token in row[len(partial) :] if token not in (cfg.eos_token_id, cfg.pad_token_id))
         return [row]
 
     pipe.vae.encode_sequence = spy
@@ -152,7 +156,8 @@ def test_without_eos_the_document_goes_on_from_its_own_text(make_pipeline):
     assert run.stop_reasons == ["length"] and run.token_counts == [60]
     assert len(text.split()) == 60 and set(text.split()) == set("Zizzi is a cheap pub".split())
     assert encoded and all(cfg.eos_token_id not in row and cfg.pad_token_id not in row for row in encoded)
-    assert any(held and held[0] for held in held_seen)  # a partial block was carried over and held
+    assert any(held and held[0] for width, held in held_seen if not width)  # a text shorter than a block is held
+    assert all(not (held and held[0]) for width, held in held_seen if width)  # after that nothing is
 
 
 def test_a_prompt_longer_than_max_tokens_ends_the_document(make_pipeline):

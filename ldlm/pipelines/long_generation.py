@@ -22,16 +22,15 @@ class LongGeneration:
     each item is the list of the documents' new text (empty once a document has stopped).
 
     The context is the last ``window − new_blocks`` blocks (prompt blocks included; ``new_blocks`` defaults to the
-    pipeline's ``new_blocks``, else half the window); a prompt's trailing partial
-    block is finished in the first group with its tokens held. Anti-loop: a group whose token 4-grams repeat more
-    than ``max_repeat`` of the last ``history`` tokens is resampled up to ``retries`` times (the least repetitive
-    draw is kept), and a document stops after ``patience`` looping groups in a row. A document also stops at
-    ``max_tokens`` tokens (``token_counts``) or at its end-of-text. With ``stop_at_eos=False`` EOS and padding are
-    dropped and each group's context is encoded again from the text so far (its last complete blocks, the trailing
-    partial block held), so the model never reads an ending; after a group of nothing but EOS the context is
-    halved, down to none and nothing held (a new text starts), and only ``patience`` such groups in a row from
-    there end the document. ``stop_reasons``, ``resampled`` (extra draws) and ``guarded`` (of ``groups``, the
-    document groups whose first draw looped) report it.
+    pipeline's ``new_blocks``, else half the window); a prompt's trailing partial block is finished in the first group
+    with its tokens held. Anti-loop: a group whose token 4-grams repeat more than ``max_repeat`` of the last
+    ``history`` tokens is resampled up to ``retries`` times (the least repetitive draw is kept), and a document stops
+    after ``patience`` looping groups in a row. A document also stops at ``max_tokens`` tokens (``token_counts``) or at
+    its end-of-text. With ``stop_at_eos=False`` EOS and padding are dropped and each group's context is encoded again
+    from the text so far (its last blocks' worth of tokens, ending where the text ends, so nothing is held), so the
+    model never reads an ending; after a group of nothing but EOS the context is halved, down to none (a new text
+    starts), and only ``patience`` such groups in a row from there end the document. ``stop_reasons``, ``resampled``
+    (extra draws) and ``guarded`` (of ``groups``, the document groups whose first draw looped) report it.
     """
 
     def __init__(
@@ -168,24 +167,23 @@ class LongGeneration:
             if self.stop_at_eos:
                 context = torch.cat([context, latents], dim=1)[:, -keep:] if keep else context
                 partials = [[]] * self.num_documents
-            else:
-                active = [quiet for quiet, reason in zip(silent, self.stop_reasons) if reason is None] or [0]
+            elif active := [quiet for quiet, reason in zip(silent, self.stop_reasons) if reason is None]:
                 context, partials = self._text_context(histories, context_blocks >> max(active))
 
     def _text_context(self, histories: list[deque], blocks: int):
-        """The next group's context encoded from each document's text so far: its last complete blocks (at most
-        ``blocks``, as many as every document has), and its trailing partial block, to be held: the context latents
-        (D, n·K, C) and the partial blocks (none when ``blocks`` is 0: a new text)."""
+        """The next group's context encoded from each document's text so far: its last tokens, as many whole blocks'
+        worth (at most ``blocks``) as every document has, ending where the text ends, so nothing is held; only when
+        that is none (a text shorter than a block) is each document's trailing partial block held instead. Returns
+        the context latents (D, n·K, C) and the partial blocks (none when ``blocks`` is 0: a new text)."""
         length = self.pipe.vae.config.block_length
         texts = [list(history) for history in histories]
-        ends = [len(text) - len(text) % length for text in texts]  # where each trailing partial block starts
-        n = min([blocks, *(end // length for end in ends)])
-        partials = [text[end:] for text, end in zip(texts, ends)]
+        n = min([blocks, *(len(text) // length for text in texts)])
         device = self.pipe._execution_device
-        ids = torch.tensor([text[end - n * length : end] for text, end in zip(texts, ends)], device=device)
-        context = self.pipe.vae.encode_sequence(ids.view(len(texts), -1)) if n else torch.zeros(
-            len(texts), 0, self.pipe.vae.config.latent_channels, device=device)
-        return context, partials if blocks else [[] for _ in partials]
+        if n:
+            ids = torch.tensor([text[len(text) - n * length :] for text in texts], device=device)
+            return self.pipe.vae.encode_sequence(ids), [[] for _ in texts]
+        context = torch.zeros(len(texts), 0, self.pipe.vae.config.latent_channels, device=device)
+        return context, [text[len(text) - len(text) % length :] if blocks else [] for text in texts]
 
     def _clean(self, ids: list[int]) -> list[int]:
         """Generated ids without padding, and without EOS when it does not end the document."""
