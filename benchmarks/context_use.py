@@ -20,11 +20,15 @@ the true context, after the shuffled one, and with nothing given (it writes the 
 ``new_blocks`` blocks are kept), and an independent LM (``--ppl-model``) scores
 every written continuation after the true context (NLL per token): continuations that follow from what came before
 score lower. The held-out continuation itself, scored after the true, shuffled and no context, is the yardstick, and
-the same continuation through ldlm's VAE (encoded and decoded) is the best ldlm's decoder can write.
+the same continuation through ldlm's VAE (encoded and decoded) is the best ldlm's decoder can write. Each condition
+is written from the same noise (the same seed), so how alike a system's continuations after the true and the
+shuffled context are (word-level similarity, 1: the same words in the same order) says how much of what it writes
+its context decides: a model that reads its context writes something else after a different one.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 from pathlib import Path
@@ -127,6 +131,12 @@ def with_ratios(row: dict[str, float]) -> dict[str, float]:
     return {**row, "shuffled_over_true": row["shuffled"] / row["true"], "none_over_true": row["none"] / row["true"]}
 
 
+def word_similarity(texts: list[str], others: list[str]) -> float:
+    """Mean word-level similarity (difflib's ratio: twice the matched words over all words) of paired texts."""
+    return sum(difflib.SequenceMatcher(None, a.split(), b.split(), autojunk=False).ratio()
+               for a, b in zip(texts, others, strict=True)) / len(texts)
+
+
 def mean_nll(scorer, texts: list[str], prefixes: list[str] | None) -> float:
     """``scorer``'s NLL per token (nats) of ``texts``, each after its prefix (NaN when no text has a token)."""
     total, count = scorer.token_nll(texts, prefixes)
@@ -205,8 +215,10 @@ def main() -> None:
     written = {f"held-out continuation{through} (scored after each context)": with_ratios(
         {c: mean_nll(scorer, texts, prefixes[c]) for c in CONDITIONS}) for through, texts in held_out.items()}
     for name, write in writers.items():
+        continuations = {c: write(c) for c in CONDITIONS}
         written[f"{name}: its continuation after the true context"] = with_ratios(
-            {c: mean_nll(scorer, write(c), prefixes["true"]) for c in CONDITIONS})
+            {c: mean_nll(scorer, continuations[c], prefixes["true"]) for c in CONDITIONS}) | {
+                "same_words_shuffled": word_similarity(continuations["true"], continuations["shuffled"])}
     print(f"{len(picked)} windows of {context} context + {new} continuation blocks")
     header = "| {} | true context | shuffled | none | shuffled ÷ true | none ÷ true |\n|---|---|---|---|---|---|"
     for title, table in (("system (continuation scored)", rows), (f"written, NLL/token under {args.ppl_model}",
@@ -215,6 +227,10 @@ def main() -> None:
         for name, r in table.items():
             print(f"| {name} | {r['true']:.4f} | {r['shuffled']:.4f} | {r['none']:.4f} | "
                   f"{r['shuffled_over_true']:.3f} | {r['none_over_true']:.3f} |")
+    for name, r in written.items():
+        if "same_words_shuffled" in r:
+            print(f"{name.split(':')[0]}: after the true and the shuffled context (same noise), word similarity "
+                  f"{r['same_words_shuffled']:.3f}")
     out = Path(args.out).with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": {**vars(args), "windows_used": len(picked), "context_blocks": context,

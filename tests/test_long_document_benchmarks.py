@@ -203,6 +203,15 @@ def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_
     assert guided["true"] != plain["true"] and guided["none"] == plain["none"]  # no context: nothing to guide
     for row in written.values():
         assert all(row[c] > 0 for c in bench.CONDITIONS) and row["shuffled_over_true"] == row["shuffled"] / row["true"]
+    assert [name for name, row in written.items() if "same_words_shuffled" in row] == list(written)[2:]
+    assert all(0 <= row["same_words_shuffled"] <= 1 for row in list(written.values())[2:])
+
+
+def test_context_use_word_similarity_counts_shared_words_in_order(load_benchmark):
+    similarity = load_benchmark("context_use").word_similarity
+    assert similarity(["the king said"], ["the king said"]) == 1.0
+    assert similarity(["the king said"], ["and then they"]) == 0.0
+    assert similarity(["a b c d", "a b"], ["a b x y", "b a"]) == (0.5 + 0.5) / 2  # order matters
 
 
 @pytest.mark.parametrize("span", [[], ["--span-blocks", "10", "--ar-window", "16"]])
