@@ -11,7 +11,7 @@ import csv
 import json
 from pathlib import Path
 
-from bench_common import run_script
+from bench_common import out_path, run_script
 from ldlm.evaluation.metrics import GenerativePerplexity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def main() -> None:
         for x, y in ((a, b), (b, a)):
             print(f"  {x} reaches {y}'s final {final[y]:.4f} at step {steps_to_reach(results[x][metric], final[y])}")
     Path(args.output).write_text(json.dumps(results, indent=1))
-    plot(results, Path(args.output).with_suffix(".png"))
+    plot(results, out_path(args.output, ".png"))
 
 
 def plot(results: dict, path: Path) -> None:

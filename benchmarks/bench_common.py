@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -21,6 +22,13 @@ def run_script(main: Callable[[], object]) -> None:
         main()
     except LdlmError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def out_path(out: str | Path, suffix: str) -> Path:
+    """Where a benchmark writes its ``suffix`` file (.json, .png) for ``--out``: a .json or .png ending is replaced,
+    and any other dot stays part of the name (``--out runs/T0.9`` writes ``T0.9.json``, not ``T0.json``)."""
+    path = Path(out)
+    return path.with_suffix(suffix) if path.suffix in (".json", ".png") else path.with_name(path.name + suffix)
 
 
 def setup(device: str, threads: int | None = None) -> torch.device:

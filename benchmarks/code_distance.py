@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import run_script, setup
+from bench_common import out_path, run_script, setup
 from ldlm.data.corpus import read_corpus
 from ldlm.pipelines.loading import load_pipeline
 
@@ -95,7 +95,7 @@ def main() -> None:
     for name, row in rows.items():
         sigma = "–" if row["sigma"] is None else f"{row['sigma']:.2f}"
         print(f"| {name} | {row['distance']:.3f} | {sigma} |")
-    out = Path(args.out).with_suffix(".json")
+    out = out_path(args.out, ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1, ensure_ascii=False))
     print(f"wrote {out}")

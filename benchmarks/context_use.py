@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import run_script, setup
+from bench_common import out_path, run_script, setup
 
 CONDITIONS = ("true", "shuffled", "none")
 
@@ -231,7 +231,7 @@ def main() -> None:
         if "same_words_shuffled" in r:
             print(f"{name.split(':')[0]}: after the true and the shuffled context (same noise), word similarity "
                   f"{r['same_words_shuffled']:.3f}")
-    out = Path(args.out).with_suffix(".json")
+    out = out_path(args.out, ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": {**vars(args), "windows_used": len(picked), "context_blocks": context,
                                           "new_blocks": new}, "rows": rows, "written": written}, indent=1))

@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from bench_common import run_script
+from bench_common import out_path, run_script
 from ldlm.data.label_windows import parse_mr
 from ldlm.data.postags import LexiconTagger
 from ldlm.evaluation.metrics import GenerativePerplexity
@@ -126,7 +126,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "results": results, "examples": examples},
+    out_path(out, ".json").write_text(json.dumps({"args": vars(args), "results": results, "examples": examples},
                                                    indent=2, ensure_ascii=False))
     names = list(results)
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -138,8 +138,8 @@ def main() -> None:
     ax.set_title(f"Control on E2E-test targets ({args.targets}×{args.samples} samples, {args.steps} steps)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    fig.savefig(out_path(out, ".png"), dpi=120)
+    print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from bench_common import run_script, setup, sync
+from bench_common import out_path, run_script, setup, sync
 from ldlm.dit.model import LatentDiT
 from ldlm.pipelines.loading import load_pipeline
 
@@ -129,12 +129,12 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(
+    out_path(out, ".json").write_text(json.dumps(
         {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
          "model": args.model or "shipped", "config": dict(cfg), "matmul_size": size,
          "matmul_gflops": matmul_gflops, "rows": rows, "quick": args.quick}, indent=1))
-    plot(rows, matmul_gflops, size, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    plot(rows, matmul_gflops, size, out_path(out, ".png"))
+    print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 
 
 def plot(rows: list[dict], matmul_gflops: float, size: int, path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import run_script
+from bench_common import out_path, run_script
 from ldlm.data.corpus import read_corpus
 from ldlm.evaluation.metrics import GenerativePerplexity, distinct_n
 from ldlm.evaluation.suite import sample_texts
@@ -75,7 +75,7 @@ def main() -> None:
     Path(args.output).write_text(json.dumps({"sampling": sampling, "rows": rows,
                                              "samples": {str(k): v for k, v in samples.items()},
                                              "prompted": prompted}, indent=1))
-    plot(rows, args.steps, Path(args.output).with_suffix(".png"))
+    plot(rows, args.steps, out_path(args.output, ".png"))
 
 
 def plot(rows: dict, steps: list[int], path: Path) -> None:

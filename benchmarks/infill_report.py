@@ -24,7 +24,7 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from bench_common import run_script
+from bench_common import out_path, run_script
 from ldlm.baselines.causal_lm import generate_texts, load_ar
 from ldlm.data.corpus import read_corpus
 from ldlm.evaluation.metrics import GenerativePerplexity
@@ -139,7 +139,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(
+    out_path(out, ".json").write_text(json.dumps(
         {"args": vars(args), "results": results, "case": cases[0], "middles": examples, "e2e": e2e},
         indent=2, ensure_ascii=False))
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -149,8 +149,8 @@ def main() -> None:
     ends = f"{args.fixed_blocks}+{args.fixed_blocks}"
     ax.set_title(f"Infilling {gap} blocks between {ends} fixed (held-out {Path(args.corpus).parent.name})")
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    fig.savefig(out_path(out, ".png"), dpi=120)
+    print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 
 
 if __name__ == "__main__":

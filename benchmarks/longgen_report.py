@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from bench_common import run_script  # noqa: E402
+from bench_common import out_path, run_script  # noqa: E402
 
 SEGMENT = 512  # tokens of the pipeline's tokenizer per measured segment
 
@@ -39,14 +40,15 @@ def segment_rows(texts: list[str], scorer) -> list[dict]:
 
 
 def ldlm_document(pipe, prompt: str, tokens: int, steps: int, max_repeat: float, seed: int,
-                  new_blocks: int | None = None) -> dict:
-    """One document of ``tokens`` tokens from ``prompt``, EOS ignored: its continuation, time and guard counts."""
+                  new_blocks: int | None = None, temperature: float | None = None) -> dict:
+    """One document of ``tokens`` tokens from ``prompt``, EOS ignored (``temperature``: the pipeline's when None):
+    its continuation, time and guard counts."""
     import torch
 
     from ldlm.pipelines.long_generation import LongGeneration
 
     run = LongGeneration(pipe, prompt, tokens, new_blocks=new_blocks, num_inference_steps=steps, max_repeat=max_repeat,
-                         stop_at_eos=False, generator=torch.Generator().manual_seed(seed))
+                         stop_at_eos=False, generator=torch.Generator().manual_seed(seed), temperature=temperature)
     start = time.perf_counter()
     text = "".join(chunk for (chunk,) in run)
     seconds = time.perf_counter() - start
@@ -102,6 +104,8 @@ def main() -> None:
     parser.add_argument("--new-blocks", type=int, default=None, help="ldlm's blocks per group (default: the "
                         "pipeline's)")
     parser.add_argument("--max-repeat", type=float, default=0.5, help="the anti-loop threshold (1: off)")
+    parser.add_argument("--dit-temperature", type=float, default=None,
+                        help="ldlm's sampling temperature (default: the pipeline's)")
     parser.add_argument("--temperature", type=float, default=1.0, help="the AR model's sampling temperature")
     parser.add_argument("--ar-window", type=int, default=None,
                         help="the AR model attends to its last N tokens (a sliding KV cache; default: all)")
@@ -114,6 +118,8 @@ def main() -> None:
         raise SystemExit(f"--tokens must be at least {SEGMENT} and --documents at least 1")
     if min(args.steps) < 1:
         raise SystemExit(f"--steps must be at least 1, got {min(args.steps)}")
+    if args.dit_temperature is not None and not (math.isfinite(args.dit_temperature) and args.dit_temperature > 0):
+        raise SystemExit(f"--dit-temperature must be a positive number, got {args.dit_temperature}")
     if args.ar_window is not None and args.ar_window < 1:
         raise SystemExit(f"--ar-window must be at least 1, got {args.ar_window}")
     if args.references is not None and not Path(args.references).is_file():
@@ -128,7 +134,8 @@ def main() -> None:
     tokenizer = pipe.tokenizer
     scorer = GenerativePerplexity(args.ppl_model)
     writers = {(f"ldlm, {steps} steps" if len(args.steps) > 1 else "ldlm"): lambda seed, steps=steps: ldlm_document(
-        pipe, args.prompt, args.tokens, steps, args.max_repeat, seed, args.new_blocks) for steps in args.steps}
+        pipe, args.prompt, args.tokens, steps, args.max_repeat, seed, args.new_blocks, args.dit_temperature)
+        for steps in args.steps}
     if args.ar is not None:
         model, ar_tokenizer = load_ar(args.ar)
         if ar_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -172,10 +179,10 @@ def main() -> None:
               f"{reference['distinct4']:.3f} over {reference['segments']} segments")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "systems": systems, "speed": speed,
+    out_path(out, ".json").write_text(json.dumps({"args": vars(args), "systems": systems, "speed": speed,
                                                     "references": reference}, indent=1, ensure_ascii=False))
-    plot(systems, reference, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    plot(systems, reference, out_path(out, ".png"))
+    print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 
 
 def plot(systems: dict[str, dict], reference: dict | None, path: Path) -> None:

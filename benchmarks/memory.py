@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import run_script, setup
+from bench_common import out_path, run_script, setup
 from ldlm.baselines.causal_lm import CausalLM, load_ar
 from ldlm.pipelines.loading import SHIPPED, load_pipeline
 from ldlm.pipelines.long_generation import LongGeneration
@@ -137,9 +137,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k != "system"}
     meta |= {"torch": torch.__version__, "measure": what}
-    out.with_suffix(".json").write_text(json.dumps({"config": meta, "rows": rows}, indent=1))
-    plot(rows, what, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    out_path(out, ".json").write_text(json.dumps({"config": meta, "rows": rows}, indent=1))
+    plot(rows, what, out_path(out, ".png"))
+    print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 
 
 def plot(rows: list[dict], what: str, path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from bench_common import median_seconds, run_script, setup
+from bench_common import median_seconds, out_path, run_script, setup
 from ldlm.evaluation.suite import evaluate_systems, format_table
 from ldlm.pipelines.loading import SHIPPED_LONG, load_pipeline
 from ldlm.pipelines.long_generation import LongGeneration
@@ -84,10 +84,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {**vars(args), "threads": torch.get_num_threads(), "window": window}
-    out.with_suffix(".json").write_text(json.dumps({"config": config, "systems": rows, "samples": texts}, indent=1,
+    out_path(out, ".json").write_text(json.dumps({"config": config, "systems": rows, "samples": texts}, indent=1,
                                                    ensure_ascii=False))
-    plot(rows, values, window, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    plot(rows, values, window, out_path(out, ".png"))
+    print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 
 
 def plot(rows: dict, values: list[int], window: int, path: Path) -> None:

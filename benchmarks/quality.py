@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from bench_common import run_script, setup
+from bench_common import out_path, run_script, setup
 from ldlm.baselines.causal_lm import generate_texts, load_ar
 from ldlm.data.corpus import read_corpus
 from ldlm.evaluation.suite import REFERENCES, evaluate_systems, format_table, sample_texts
@@ -81,10 +81,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {**vars(args), "device": args.device, "threads": torch.get_num_threads(), "ar_tokens": window,
               "temperature": pipe.config.temperature, "autoguidance": pipe.config.autoguidance}
-    out.with_suffix(".json").write_text(json.dumps({"config": config, "systems": rows, "samples": systems},
+    out_path(out, ".json").write_text(json.dumps({"config": config, "systems": rows, "samples": systems},
                                                    indent=1, ensure_ascii=False))
-    plot(rows, args.steps, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    plot(rows, args.steps, out_path(out, ".png"))
+    print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 
 
 def plot(rows: dict, steps: list[int], path: Path) -> None:

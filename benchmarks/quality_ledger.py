@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from bench_common import run_script, setup
+from bench_common import out_path, run_script, setup
 from ldlm.align.teacher import pad_id_of
 from ldlm.baselines.causal_lm import generate_texts, load_ar
 from ldlm.data.corpus import read_corpus
@@ -132,10 +132,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {**vars(args), "threads": torch.get_num_threads()}
-    out.with_suffix(".json").write_text(json.dumps({"config": config, "rows": rows, "samples": systems},
+    out_path(out, ".json").write_text(json.dumps({"config": config, "rows": rows, "samples": systems},
                                                    indent=1, ensure_ascii=False))
-    plot(rows, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    plot(rows, out_path(out, ".png"))
+    print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 
 
 def table(rows: dict[str, dict]) -> str:

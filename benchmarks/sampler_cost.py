@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import interleaved_seconds, run_script, setup, summarize
+from bench_common import interleaved_seconds, out_path, run_script, setup, summarize
 from ldlm.pipelines.loading import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +65,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {**vars(args), "threads": torch.get_num_threads()}
-    out.with_suffix(".json").write_text(json.dumps({"config": config, "rows": rows}, indent=1))
-    print(f"wrote {out.with_suffix('.json')}")
+    out_path(out, ".json").write_text(json.dumps({"config": config, "rows": rows}, indent=1))
+    print(f"wrote {out_path(out, '.json')}")
 
 
 if __name__ == "__main__":

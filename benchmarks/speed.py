@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from bench_common import interleaved_seconds, run_script, setup, summarize, sync
+from bench_common import interleaved_seconds, out_path, run_script, setup, summarize, sync
 from ldlm.baselines.causal_lm import CausalLM, load_baseline
 from ldlm.pipelines.latent_diffusion import LatentDiffusionLMPipeline
 from ldlm.pipelines.loading import load_pipeline
@@ -263,12 +263,12 @@ def main() -> None:
     meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": args.dtype,
             "model": args.model or "shipped", "ar": ar_note, "ar_window": args.ar_window, "new_blocks": args.new_blocks,
             "repeats": args.repeats, "pairs": args.pairs, "quick": args.quick}
-    out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows, "profile": prof,
+    out_path(out, ".json").write_text(json.dumps({**meta, "rows": rows, "profile": prof,
                                                     "shipped_longgen_positions_per_s": shipped,
                                                     "speedup@10steps": speedup.median,
                                                     "speedup@10steps_spread": speedup.record()}, indent=1))
-    plot(rows, steps, batches, out.with_suffix(".png"), window, ar_name)
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    plot(rows, steps, batches, out_path(out, ".png"), window, ar_name)
+    print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
     print(f"speedup@10steps: {speedup.describe()}")
 
 

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench_common import run_script
+from bench_common import out_path, run_script
 from ldlm.data.corpus import read_corpus
 from ldlm.evaluation.reconstruction import evaluate_run
 
@@ -67,7 +67,7 @@ def main() -> None:
                for run in args.runs}
     print(table(results))
     plot(results, Path(args.out))
-    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out_path(args.out, ".json").write_text(json.dumps(results, indent=2))
     print(f"plot: {args.out}")
 
 

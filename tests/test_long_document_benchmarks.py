@@ -95,13 +95,14 @@ def test_length_report_writes_at_each_step_count_in_turn_with_the_ar(make_pipeli
     for name in ("ldlm_document", "ar_document"):
         write = getattr(report, name)
         monkeypatch.setattr(report, name, lambda *a, write=write, name=name: written.append(
-            (name, a[3] if name == "ldlm_document" else None)) or write(*a))
+            (name, a[3:8:4] if name == "ldlm_document" else None)) or write(*a))  # steps and temperature
     monkeypatch.setattr(sys, "argv", [
         "longgen_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"), "--tokens", "600",
-        "--steps", "3", "2", "--documents", "2", "--max-repeat", "1", "--ppl-model", teacher_dirs["qwen2"],
+        "--steps", "3", "2", "--documents", "2", "--max-repeat", "1", "--dit-temperature", "0.9",
+        "--ppl-model", teacher_dirs["qwen2"],
         "--out", str(tmp_path / "long")])
     report.main()
-    turn = [("ldlm_document", 3), ("ldlm_document", 2), ("ar_document", None)]
+    turn = [("ldlm_document", (3, 0.9)), ("ldlm_document", (2, 0.9)), ("ar_document", None)]
     assert written == turn + turn
     speed = json.loads((tmp_path / "long.json").read_text())["speed"]
     assert list(speed) == ["ldlm, 3 steps", "ldlm, 2 steps"] and all(len(s["over_ar"]) == 2 for s in speed.values())

@@ -4,6 +4,7 @@ when it is too wide), and the counted DiT FLOPs match the analytic count."""
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,6 +85,14 @@ def test_interleaved_timing_alternates_the_calls(common):
     calls = []
     times = common.interleaved_seconds([lambda: calls.append("A"), lambda: calls.append("B")], 3, torch.device("cpu"))
     assert calls == ["A", "B"] * 3 and [len(t) for t in times] == [3, 3] and min(map(min, times)) >= 0
+
+
+def test_output_paths_keep_a_dotted_name_and_replace_a_json_or_png_ending(common, tmp_path):
+    assert common.out_path(tmp_path / "T0.9", ".json") == tmp_path / "T0.9.json"  # two runs, two files
+    assert common.out_path(str(tmp_path / "T0.95"), ".png") == tmp_path / "T0.95.png"
+    assert common.out_path(tmp_path / "speed.json", ".png") == tmp_path / "speed.png"
+    assert common.out_path(tmp_path / "speed.png", ".json") == tmp_path / "speed.json"
+    assert common.out_path("docs/img/speed", ".json") == Path("docs/img/speed.json")
 
 
 def test_ratio_summary_gives_the_median_quartiles_and_range(common):
