@@ -22,8 +22,9 @@ every written continuation after the true context (NLL per token): continuations
 score lower. The held-out continuation itself, scored after the true, shuffled and no context, is the yardstick, and
 the same continuation through ldlm's VAE (encoded and decoded) is the best ldlm's decoder can write. Each condition
 is written from the same noise (the same seed), so how alike a system's continuations after the true and the
-shuffled context are (word-level similarity, 1: the same words in the same order) says how much of what it writes
-its context decides: a model that reads its context writes something else after a different one.
+shuffled context are (word-level similarity, 1: the same words in the same order) says how much the context's order
+changes what it writes: a model that follows its context writes something else after it. (For the AR the same seed
+is the same random stream, which lines up only until the first token that differs.)
 """
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out_path(out, ".json").write_text(json.dumps({"args": vars(args), "results": results, "examples": examples},
-                                                   indent=2, ensure_ascii=False))
+                                                 indent=2, ensure_ascii=False))
     names = list(results)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for j, key in enumerate(("plain", "guided")):

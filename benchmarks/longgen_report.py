@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -118,8 +117,13 @@ def main() -> None:
         raise SystemExit(f"--tokens must be at least {SEGMENT} and --documents at least 1")
     if min(args.steps) < 1:
         raise SystemExit(f"--steps must be at least 1, got {min(args.steps)}")
-    if args.dit_temperature is not None and not (math.isfinite(args.dit_temperature) and args.dit_temperature > 0):
-        raise SystemExit(f"--dit-temperature must be a positive number, got {args.dit_temperature}")
+    if args.dit_temperature is not None:
+        from ldlm.pipelines.latent_diffusion import check_temperature
+
+        try:
+            check_temperature(args.dit_temperature)
+        except ValueError as err:
+            raise SystemExit(f"--dit-temperature: {err}") from None
     if args.ar_window is not None and args.ar_window < 1:
         raise SystemExit(f"--ar-window must be at least 1, got {args.ar_window}")
     if args.references is not None and not Path(args.references).is_file():
@@ -180,7 +184,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out_path(out, ".json").write_text(json.dumps({"args": vars(args), "systems": systems, "speed": speed,
-                                                    "references": reference}, indent=1, ensure_ascii=False))
+                                                  "references": reference}, indent=1, ensure_ascii=False))
     plot(systems, reference, out_path(out, ".png"))
     print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 

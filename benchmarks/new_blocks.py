@@ -85,7 +85,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {**vars(args), "threads": torch.get_num_threads(), "window": window}
     out_path(out, ".json").write_text(json.dumps({"config": config, "systems": rows, "samples": texts}, indent=1,
-                                                   ensure_ascii=False))
+                                                 ensure_ascii=False))
     plot(rows, values, window, out_path(out, ".png"))
     print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 

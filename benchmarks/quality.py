@@ -82,7 +82,7 @@ def main() -> None:
     config = {**vars(args), "device": args.device, "threads": torch.get_num_threads(), "ar_tokens": window,
               "temperature": pipe.config.temperature, "autoguidance": pipe.config.autoguidance}
     out_path(out, ".json").write_text(json.dumps({"config": config, "systems": rows, "samples": systems},
-                                                   indent=1, ensure_ascii=False))
+                                                 indent=1, ensure_ascii=False))
     plot(rows, args.steps, out_path(out, ".png"))
     print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 

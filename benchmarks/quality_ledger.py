@@ -133,7 +133,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {**vars(args), "threads": torch.get_num_threads()}
     out_path(out, ".json").write_text(json.dumps({"config": config, "rows": rows, "samples": systems},
-                                                   indent=1, ensure_ascii=False))
+                                                 indent=1, ensure_ascii=False))
     plot(rows, out_path(out, ".png"))
     print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
 

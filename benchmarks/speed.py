@@ -264,9 +264,9 @@ def main() -> None:
             "model": args.model or "shipped", "ar": ar_note, "ar_window": args.ar_window, "new_blocks": args.new_blocks,
             "repeats": args.repeats, "pairs": args.pairs, "quick": args.quick}
     out_path(out, ".json").write_text(json.dumps({**meta, "rows": rows, "profile": prof,
-                                                    "shipped_longgen_positions_per_s": shipped,
-                                                    "speedup@10steps": speedup.median,
-                                                    "speedup@10steps_spread": speedup.record()}, indent=1))
+                                                  "shipped_longgen_positions_per_s": shipped,
+                                                  "speedup@10steps": speedup.median,
+                                                  "speedup@10steps_spread": speedup.record()}, indent=1))
     plot(rows, steps, batches, out_path(out, ".png"), window, ar_name)
     print(f"wrote {out_path(out, '.json')} and {out_path(out, '.png')}")
     print(f"speedup@10steps: {speedup.describe()}")

@@ -5,13 +5,16 @@ context-use probe scores the same continuations after their true, shuffled and n
 scores every method's middles, the AR baseline's prefix-only continuation among them."""
 import argparse
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from ldlm.baselines.causal_lm import CausalLM, load_baseline
 from ldlm.data.corpus import restaurant_sentences
+from ldlm.pipelines.long_generation import LongGeneration
 
 
 def _tiny_ar(pipe) -> CausalLM:
@@ -91,21 +94,32 @@ def test_length_report_writes_at_each_step_count_in_turn_with_the_ar(make_pipeli
                                                                      teacher_dirs, monkeypatch):
     report = load_benchmark("longgen_report")
     _save_both(make_pipeline(), tmp_path)
-    written = []
+    written, temperatures = [], []
     for name in ("ldlm_document", "ar_document"):
         write = getattr(report, name)
         monkeypatch.setattr(report, name, lambda *a, write=write, name=name: written.append(
-            (name, a[3:8:4] if name == "ldlm_document" else None)) or write(*a))  # steps and temperature
+            (name, a[3] if name == "ldlm_document" else None)) or write(*a))
+    start = LongGeneration.__init__
+    monkeypatch.setattr(LongGeneration, "__init__", lambda self, *a, **kw: temperatures.append(kw["temperature"])
+                        or start(self, *a, **kw))
     monkeypatch.setattr(sys, "argv", [
         "longgen_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"), "--tokens", "600",
         "--steps", "3", "2", "--documents", "2", "--max-repeat", "1", "--dit-temperature", "0.9",
         "--ppl-model", teacher_dirs["qwen2"],
         "--out", str(tmp_path / "long")])
     report.main()
-    turn = [("ldlm_document", (3, 0.9)), ("ldlm_document", (2, 0.9)), ("ar_document", None)]
-    assert written == turn + turn
+    turn = [("ldlm_document", 3), ("ldlm_document", 2), ("ar_document", None)]
+    assert written == turn + turn and temperatures == [0.9] * 4  # ldlm's documents sample at --dit-temperature
     speed = json.loads((tmp_path / "long.json").read_text())["speed"]
     assert list(speed) == ["ldlm, 3 steps", "ldlm, 2 steps"] and all(len(s["over_ar"]) == 2 for s in speed.values())
+
+
+def test_length_report_refuses_a_temperature_the_pipeline_would_before_loading_anything(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "longgen_report.py"
+    result = subprocess.run([sys.executable, str(script), "--model", str(tmp_path / "missing"), "--dit-temperature",
+                             "3"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.strip() == (
+        "--dit-temperature: temperature must be a number in (0, 2], got 3.0")  # not "no pipeline at …"
 
 
 def test_context_use_arranges_windows_as_each_condition_says(load_benchmark):
@@ -205,7 +219,6 @@ def test_context_use_scores_both_systems_in_every_condition(make_pipeline, load_
     for row in written.values():
         assert all(row[c] > 0 for c in bench.CONDITIONS) and row["shuffled_over_true"] == row["shuffled"] / row["true"]
     assert [name for name, row in written.items() if "same_words_shuffled" in row] == list(written)[2:]
-    assert all(0 <= row["same_words_shuffled"] <= 1 for row in list(written.values())[2:])
 
 
 def test_context_use_word_similarity_counts_shared_words_in_order(load_benchmark):

@@ -1,3 +1,5 @@
+from collections import deque
+
 import pytest
 import torch
 
@@ -158,6 +160,23 @@ def test_without_eos_the_document_goes_on_from_its_own_text(make_pipeline):
     assert encoded and all(cfg.eos_token_id not in row and cfg.pad_token_id not in row for row in encoded)
     assert any(held and held[0] for width, held in held_seen if not width)  # a text shorter than a block is held
     assert all(not (held and held[0]) for width, held in held_seen if width)  # after that nothing is
+
+
+def test_without_eos_a_stopped_short_document_does_not_take_the_others_context(make_pipeline):
+    pipe = make_pipeline()
+    cfg = pipe.vae.config
+    length, k = cfg.block_length, cfg.latents_per_block
+    long, short = list(range(5, 5 + 3 * length + 2)), [5, 6, 7]  # three blocks and two tokens; under one block
+    run = LongGeneration(pipe, None, max_tokens=500, num_documents=2, new_blocks=1, stop_at_eos=False)
+    encoded = []
+    encode = pipe.vae.encode_sequence
+    pipe.vae.encode_sequence = lambda ids, mask=None: encoded.append(ids.tolist()) or encode(ids, mask)
+    context, partials = run._text_context([deque(long), deque(short)], 4)  # both going: the short one sets none
+    assert context.shape[1] == 0 and not encoded and partials == [long[-2:], short]
+    run.stop_reasons = [None, "loop"]
+    context, partials = run._text_context([deque(long), deque(short)], 4)  # only the live one counts now
+    assert context.shape[1] == 3 * k and partials == [[], []]
+    assert encoded == [[long[-3 * length :]] * 2]  # the stopped row holds a placeholder: the live one's tail
 
 
 def test_a_prompt_longer_than_max_tokens_ends_the_document(make_pipeline):

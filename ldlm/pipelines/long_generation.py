@@ -27,10 +27,11 @@ class LongGeneration:
     ``history`` tokens is resampled up to ``retries`` times (the least repetitive draw is kept), and a document stops
     after ``patience`` looping groups in a row. A document also stops at ``max_tokens`` tokens (``token_counts``) or at
     its end-of-text. With ``stop_at_eos=False`` EOS and padding are dropped and each group's context is encoded again
-    from the text so far (its last blocks' worth of tokens, ending where the text ends, so nothing is held), so the
-    model never reads an ending; after a group of nothing but EOS the context is halved, down to none (a new text
-    starts), and only ``patience`` such groups in a row from there end the document. ``stop_reasons``, ``resampled``
-    (extra draws) and ``guarded`` (of ``groups``, the document groups whose first draw looped) report it.
+    from the text so far (its last blocks' worth of tokens, ending where the text ends, so nothing is held unless the
+    text is shorter than a block), so the model never reads an ending; after a group of nothing but EOS the context
+    is halved, down to none (a new text starts), and only ``patience`` such groups in a row from there end the
+    document. ``stop_reasons``, ``resampled`` (extra draws) and ``guarded`` (of ``groups``, the document groups whose
+    first draw looped) report it.
     """
 
     def __init__(
@@ -172,15 +173,19 @@ class LongGeneration:
 
     def _text_context(self, histories: list[deque], blocks: int):
         """The next group's context encoded from each document's text so far: its last tokens, as many whole blocks'
-        worth (at most ``blocks``) as every document has, ending where the text ends, so nothing is held; only when
-        that is none (a text shorter than a block) is each document's trailing partial block held instead. Returns
-        the context latents (D, n·K, C) and the partial blocks (none when ``blocks`` is 0: a new text)."""
+        worth (at most ``blocks``) as every unstopped document has, ending where the text ends, so nothing is held;
+        only when that is none (an unstopped text shorter than a block) is each document's trailing partial block
+        held instead. A stopped document's row is a placeholder (its output is dropped). Returns the context latents
+        (D, n·K, C) and the partial blocks (none when ``blocks`` is 0: a new text)."""
         length = self.pipe.vae.config.block_length
         texts = [list(history) for history in histories]
-        n = min([blocks, *(len(text) // length for text in texts)])
+        live = [reason is None for reason in self.stop_reasons]
+        n = min([blocks, *(len(text) // length for text, alive in zip(texts, live) if alive)])
         device = self.pipe._execution_device
         if n:
-            ids = torch.tensor([text[len(text) - n * length :] for text in texts], device=device)
+            tails = [text[max(0, len(text) - n * length) :] for text in texts]
+            filler = next(tail for tail, alive in zip(tails, live) if alive)
+            ids = torch.tensor([tail if len(tail) == n * length else filler for tail in tails], device=device)
             return self.pipe.vae.encode_sequence(ids), [[] for _ in texts]
         context = torch.zeros(len(texts), 0, self.pipe.vae.config.latent_channels, device=device)
         return context, [text[len(text) - len(text) % length :] if blocks else [] for text in texts]
