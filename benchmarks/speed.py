@@ -272,8 +272,7 @@ def main() -> None:
     print(f"speedup@10steps: {speedup.describe()}")
 
 
-def plot(rows: list[dict], steps: list[int], batches: list[int], path: Path, window: int,
-         ar_name: str = "AR (KV cache)") -> None:
+def plot(rows: list[dict], steps: list[int], batches: list[int], path: Path, window: int, ar_name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

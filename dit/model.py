@@ -91,6 +91,12 @@ class ContextMemo:
         return self.value
 
 
+def by_position(rows: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """Per-row conditioning ``rows`` (B, 1 or 2, F) for each position: the second row at the clean ``context``
+    positions (B, N), the first elsewhere (``rows`` as they are without a context)."""
+    return rows if context is None else torch.where(context[..., None], rows[:, 1:], rows[:, :1])
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x`` (B, N, D) shifted and scaled per row (B, 1, D) or per position (B, N, D)."""
     return x * (1 + scale) + shift
@@ -143,13 +149,11 @@ class DiTBlock(nn.Module):
                 context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 memory: KeysValues | None = None, sink: list[KeysValues] | None = None) -> torch.Tensor:
         """``x`` (B, N, D) through the block at conditioning ``c`` (B, D) or (B, 1, D), or (B, 2, D) with a second row
-        for the clean ``context`` positions (B, N); ``modulation`` is ``ada(c)`` when the caller already has it (LatentDiT's
-        memo), else the block computes it (inside its own forward, as FSDP needs). ``mask``, ``memory`` and
-        ``sink`` go to the attention."""
+        for the clean ``context`` positions (B, N); ``modulation`` is ``ada(c)`` when the caller already has it
+        (LatentDiT's memo), else the block computes it (inside its own forward, as FSDP needs). ``mask``, ``memory``
+        and ``sink`` go to the attention."""
         modulation = self.ada(c) if modulation is None else modulation
-        modulation = modulation[:, None] if modulation.ndim == 2 else modulation  # (B, 1 or 2, 6D)
-        if context is not None:
-            modulation = torch.where(context[..., None], modulation[:, 1:], modulation[:, :1])
+        modulation = by_position(modulation[:, None] if modulation.ndim == 2 else modulation, context)
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), mask, memory, sink)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
@@ -296,9 +300,7 @@ class LatentDiT(ModelMixin, ConfigMixin):
         memory = memory or [None] * len(self.blocks)
         for block, modulation, kv in zip(self.blocks, modulations, memory):
             x = block(x, cond, modulation, context, mask, kv, sink)
-        if with_clean:
-            final = torch.where(context[..., None], final[:, 1:], final[:, :1])
-        shift, scale = final.chunk(2, dim=-1)
+        shift, scale = by_position(final, context).chunk(2, dim=-1)
         return self.out(modulate(self.final_norm(x), shift, scale))
 
     def _context(self, x: torch.Tensor) -> tuple[list[KeysValues], torch.Tensor]:

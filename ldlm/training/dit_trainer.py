@@ -185,9 +185,8 @@ def load_transformer_weights(transformer: LatentDiT, pipeline: str) -> None:
     if not (folder / "config.json").is_file():
         raise LdlmError(f"init: {pipeline} holds no transformer/ folder")
     trained = LatentDiT.from_pretrained(folder)
-    diff = sorted(k for k in transformer.config
-                  if not k.startswith("_") and trained.config.get(k) != transformer.config[k])
-    diff = [k for k in diff if k != "cached_context"]
+    diff = sorted(k for k in transformer.config if not k.startswith("_") and k != "cached_context"
+                  and trained.config.get(k) != transformer.config[k])
     if diff == ["max_blocks"] and trained.config.max_blocks < transformer.config.max_blocks:
         diff = []
     if diff:
