@@ -213,10 +213,11 @@ def test_warm_start_may_switch_to_a_cached_context(vae_dir, tmp_path):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("autoguidance", [1.0, 2.5])
-def test_distillation_target_takes_the_student_where_two_teacher_steps_go(vae_dir, tmp_path, autoguidance):
+@pytest.mark.parametrize("autoguidance, substeps", [(1.0, 2), (2.5, 2), (1.0, 4)])
+def test_distillation_target_takes_the_student_where_the_teacher_steps_go(vae_dir, tmp_path, autoguidance, substeps):
     cfg = load_config(DiTExperiment, None, _overrides(vae_dir, tmp_path, "init=unused", "diffusion.scheduler=ddim",
                                                       "diffusion.distill_steps=5",
+                                                      f"diffusion.distill_substeps={substeps}",
                                                       f"diffusion.distill_autoguidance={autoguidance}"))
     torch.manual_seed(0)
     student, teacher, weak = (LatentDiT.tiny(latent_channels=8, latents_per_block=2, max_blocks=4) for _ in range(3))
@@ -235,7 +236,7 @@ def test_distillation_target_takes_the_student_where_two_teacher_steps_go(vae_di
     drop, clean = torch.tensor([True, False, False]), context[..., None]  # row 0: context swapped for the null one
     self_cond = torch.randn(3, 8, 8)
     teacher_sampler, student_sampler = make_scheduler("ddim"), make_scheduler("ddim")
-    teacher_sampler.set_timesteps(10)
+    teacher_sampler.set_timesteps(5 * substeps)
     student_sampler.set_timesteps(5)
     objective = module.objective
     assert set(module._timesteps(200, "cpu", None).tolist()) == set(student_sampler.timesteps.tolist())
@@ -245,7 +246,7 @@ def test_distillation_target_takes_the_student_where_two_teacher_steps_go(vae_di
         target = module._target(x0, noise, t3, x_t, self_cond, context, drop)
         student_end = student_sampler.step(target, t, x_t).prev_sample
         x, estimate = x_t, self_cond
-        for tt in (t, t - 100):  # the teacher's two steps, as the pipeline's sampler takes them
+        for tt in t - torch.arange(substeps) * (200 // substeps):  # the teacher's steps, as the pipeline's sampler
             output = teacher_output(x, tt.expand(3), estimate, context, drop)
             estimate = torch.where(clean, x0, objective.to_x0(x, output, tt.expand(3)))
             x = torch.where(clean, x0, teacher_sampler.step(output, tt, x).prev_sample)
@@ -268,6 +269,9 @@ def test_distillation_trains_from_init_and_exports_a_ddim_pipeline(vae_dir, tmp_
                            ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",
                              "diffusion.prediction_type=epsilon"], "v_prediction or sample"),
                            ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=3"], "divides"),
+                           ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=100",
+                             "diffusion.distill_substeps=3"], "divides"),
+                           ([f"init={first}", "diffusion.distill_substeps=1"], "integer ≥ 2"),
                            ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",
                              "data.max_blocks=6"], "distil on the same windows"),
                            ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",

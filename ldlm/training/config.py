@@ -206,16 +206,20 @@ class DiffusionConfig:
     infill_prob: float = 0.0  # probability the clean context is instead a random subset of blocks (infilling)
     context_dropout: float = 0.1  # context swapped for the null condition (classifier-free guidance)
     ema_decay: float = 0.999
-    distill_steps: int = 0  # N > 0: distil init's 2N-step DDIM sampler into N steps (needs init and scheduler ddim)
+    distill_steps: int = 0  # N > 0: distil init's K·N-step DDIM sampler into N steps (needs init and scheduler ddim)
+    distill_substeps: int = 2  # K, the teacher's DDIM steps per student step (2: progressive distillation's halving)
     distill_autoguidance: float = 1.0  # > 1: the teacher is autoguided at this weight against init's weak_transformer
 
     def __post_init__(self) -> None:
+        if isinstance(self.distill_substeps, bool) or not isinstance(self.distill_substeps, int) \
+                or self.distill_substeps < 2:
+            raise LdlmError(f"diffusion.distill_substeps must be an integer ≥ 2, got {self.distill_substeps!r}")
         if self.distill_steps and (self.objective != "vp" or self.scheduler != "ddim" or self.distill_steps < 1
                                    or self.prediction_type == "epsilon"
-                                   or self.num_train_timesteps % (2 * self.distill_steps)):
+                                   or self.num_train_timesteps % (self.distill_substeps * self.distill_steps)):
             raise LdlmError(f"diffusion.distill_steps {self.distill_steps} needs the vp objective with v_prediction "
-                            f"or sample, scheduler ddim and a step count 2N that divides num_train_timesteps "
-                            f"({self.num_train_timesteps})")
+                            f"or sample, scheduler ddim and a teacher step count K·N (K = distill_substeps, "
+                            f"{self.distill_substeps}) that divides num_train_timesteps ({self.num_train_timesteps})")
         if not (math.isfinite(self.distill_autoguidance) and self.distill_autoguidance >= 1):
             raise LdlmError(f"diffusion.distill_autoguidance must be a finite number ≥ 1 (1: off), got "
                             f"{self.distill_autoguidance}")

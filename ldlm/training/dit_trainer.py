@@ -135,13 +135,13 @@ class LatentDiTModule(L.LightningModule):
 
 
 class DistillDiTModule(LatentDiTModule):
-    """Progressive distillation (Salimans & Ho, 2022) of a teacher DiT sampled with 2N DDIM steps into a student for
-    N: the student starts as the teacher; at a timestep of its N-step grid its target is the clean estimate with which
-    one DDIM step lands where two of the teacher's land (with the same context, null-context draw and
-    self-conditioning; the teacher's second step feeds back its first estimate, as the sampler does). With a ``weak``
-    transformer the teacher is autoguided, weak + w·(teacher − weak) at ``diffusion.distill_autoguidance``, so the
-    student learns the guided sampler and runs alone. The teachers are not sharded under FSDP: every rank holds them
-    whole."""
+    """Progressive distillation (Salimans & Ho, 2022) of a teacher DiT sampled with K·N DDIM steps into a student for
+    N (K = ``diffusion.distill_substeps``; 2 halves the steps, more takes a finer sampler's path in one round): the
+    student starts as the teacher; at a timestep of its N-step grid its target is the clean estimate with which one
+    DDIM step lands where K of the teacher's land (with the same context, null-context draw and self-conditioning;
+    each teacher step feeds back the previous estimate, as the sampler does). With a ``weak`` transformer the teacher
+    is autoguided, weak + w·(teacher − weak) at ``diffusion.distill_autoguidance``, so the student learns the guided
+    sampler and runs alone. The teachers are not sharded under FSDP: every rank holds them whole."""
 
     def __init__(self, transformer: LatentDiT, cfg: dict, teacher: LatentDiT, weak: LatentDiT | None = None) -> None:
         super().__init__(transformer, cfg)
@@ -166,14 +166,15 @@ class DistillDiTModule(LatentDiTModule):
     def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, x_in: torch.Tensor,
                 self_cond: torch.Tensor | None, context: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
         objective, clean = self.objective, context[..., None]
-        mid, end = t - self.stride // 2, t - self.stride
-        # the teacher's inputs hold the clean context, as the sampler's do (its self-conditioning estimate too);
-        # elsewhere context positions carry no loss
-        first = torch.where(clean, x0, objective.to_x0(x_in, self._teacher(x_in, t, self_cond, context, drop), t))
-        x_mid = torch.where(clean, x0, objective.ddim_step(x_in, first, t, mid))
-        second = objective.to_x0(x_mid, self._teacher(x_mid, mid, first, context, drop), mid)
-        x_end = objective.ddim_step(x_mid, second, mid, end)
-        return objective.from_x0(x_in, objective.ddim_x0(x_in, x_end, t, end), t)
+        step = self.stride // self.diff["distill_substeps"]
+        # the teacher's inputs and estimates hold the clean context, as the sampler's do; elsewhere context positions
+        # carry no loss
+        x, estimate = x_in, self_cond
+        for k in range(self.diff["distill_substeps"]):
+            now = t - k * step
+            estimate = torch.where(clean, x0, objective.to_x0(x, self._teacher(x, now, estimate, context, drop), now))
+            x = torch.where(clean, x0, objective.ddim_step(x, estimate, now, now - step))
+        return objective.from_x0(x_in, objective.ddim_x0(x_in, x, t, t - self.stride), t)
 
 
 def load_transformer_weights(transformer: LatentDiT, pipeline: str) -> None:
