@@ -246,7 +246,7 @@ def test_distillation_target_takes_the_student_where_the_teacher_steps_go(vae_di
         target = module._target(x0, noise, t3, x_t, self_cond, context, drop)
         student_end = student_sampler.step(target, t, x_t).prev_sample
         x, estimate = x_t, self_cond
-        for tt in t - torch.arange(substeps) * (200 // substeps):  # the teacher's steps, as the pipeline's sampler
+        for tt in t - torch.arange(substeps) * (200 // substeps):  # the teacher's K steps, as its sampler takes them
             output = teacher_output(x, tt.expand(3), estimate, context, drop)
             estimate = torch.where(clean, x0, objective.to_x0(x, output, tt.expand(3)))
             x = torch.where(clean, x0, teacher_sampler.step(output, tt, x).prev_sample)
@@ -272,6 +272,7 @@ def test_distillation_trains_from_init_and_exports_a_ddim_pipeline(vae_dir, tmp_
                            ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=100",
                              "diffusion.distill_substeps=3"], "divides"),
                            ([f"init={first}", "diffusion.distill_substeps=1"], "integer ≥ 2"),
+                           ([f"init={first}", "diffusion.distill_substeps=4"], "needs diffusion.distill_steps"),
                            ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",
                              "data.max_blocks=6"], "distil on the same windows"),
                            ([f"init={first}", "diffusion.scheduler=ddim", "diffusion.distill_steps=2",

@@ -225,6 +225,8 @@ class DiffusionConfig:
                             f"{self.distill_autoguidance}")
         if self.distill_autoguidance > 1 and not self.distill_steps:
             raise LdlmError("diffusion.distill_autoguidance needs diffusion.distill_steps: it guides the teacher")
+        if self.distill_substeps != 2 and not self.distill_steps:
+            raise LdlmError("diffusion.distill_substeps needs diffusion.distill_steps: it sets the teacher's steps")
         try:
             scheduler = make_scheduler(self.scheduler, self.num_train_timesteps, self.beta_schedule,
                                        self.prediction_type, self.shift)
