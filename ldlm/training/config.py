@@ -211,9 +211,8 @@ class DiffusionConfig:
     distill_autoguidance: float = 1.0  # > 1: the teacher is autoguided at this weight against init's weak_transformer
 
     def __post_init__(self) -> None:
-        if isinstance(self.distill_substeps, bool) or not isinstance(self.distill_substeps, int) \
-                or self.distill_substeps < 2:
-            raise LdlmError(f"diffusion.distill_substeps must be an integer ≥ 2, got {self.distill_substeps!r}")
+        if self.distill_substeps < 2:  # OmegaConf has checked the type
+            raise LdlmError(f"diffusion.distill_substeps must be an integer ≥ 2, got {self.distill_substeps}")
         if self.distill_steps and (self.objective != "vp" or self.scheduler != "ddim" or self.distill_steps < 1
                                    or self.prediction_type == "epsilon"
                                    or self.num_train_timesteps % (self.distill_substeps * self.distill_steps)):
