@@ -95,6 +95,8 @@ def summarize(docs: list[dict], tokenizer, scorer) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped long-document one)")
+    parser.add_argument("--scheduler", default=None, help="sample with this scheduler (short name, e.g. ddim) "
+                        "instead of the pipeline's")
     parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output); no AR rows without it")
     parser.add_argument("--prompt", default="And it came to pass, when the king had heard these words,")
     parser.add_argument("--documents", type=int, default=1, help="documents per system (seeds 0, 1, …)")
@@ -134,7 +136,7 @@ def main() -> None:
     from ldlm.evaluation.metrics import GenerativePerplexity, distinct_n
     from ldlm.pipelines.loading import SHIPPED_LONG, load_pipeline
 
-    pipe = load_pipeline(args.model, default=SHIPPED_LONG)
+    pipe = load_pipeline(args.model, args.scheduler, default=SHIPPED_LONG)
     tokenizer = pipe.tokenizer
     scorer = GenerativePerplexity(args.ppl_model)
     writers = {(f"ldlm, {steps} steps" if len(args.steps) > 1 else "ldlm"): lambda seed, steps=steps: ldlm_document(

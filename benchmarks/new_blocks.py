@@ -48,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a long-document pipeline (default: the shipped one)")
     parser.add_argument("--new-blocks", type=int, nargs="+", default=None, help="values (default: 1 to the window)")
+    parser.add_argument("--scheduler", default=None, help="sample with this scheduler (short name, e.g. ddim) "
+                        "instead of the pipeline's")
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=64)
@@ -64,7 +66,7 @@ def main() -> None:
     setup(args.device, args.threads)
     hf_logging.disable_progress_bar()
 
-    pipe = load_pipeline(args.model, default=SHIPPED_LONG).to(args.device)
+    pipe = load_pipeline(args.model, args.scheduler, default=SHIPPED_LONG).to(args.device)
     window = pipe.transformer.config.max_blocks
     values = args.new_blocks or list(range(1, window + 1))
     if any(not 1 <= k <= window for k in values):

@@ -76,9 +76,9 @@ def _check_sampling(args: argparse.Namespace, texts: list[str] = (), what: str =
             check_text(text, f"{what} {i + 1}")
 
 
-def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = None, default: Path | None = None):
-    """The pipeline of ``--model`` (else ``default``, else the shipped E2E one) on ``--device``, and a generator seeded
-    with ``--seed``."""
+def _pipeline_and_generator(args: argparse.Namespace, default: Path | None = None):
+    """The pipeline of ``--model`` (else ``default``, else the shipped E2E one) with ``--scheduler`` on ``--device``,
+    and a generator seeded with ``--seed``."""
     import torch
 
     from ldlm.pipelines.loading import SHIPPED, load_pipeline
@@ -90,7 +90,7 @@ def _pipeline_and_generator(args: argparse.Namespace, scheduler: str | None = No
         raise LdlmError(f"device '{args.device}' requested but there are {torch.cuda.device_count()} CUDA devices")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise LdlmError(f"device '{args.device}' requested but CUDA is not available")
-    pipe = load_pipeline(args.model, scheduler, default or SHIPPED, args.dtype)
+    pipe = load_pipeline(args.model, args.scheduler, default or SHIPPED, args.dtype)
     return pipe.to(args.device), torch.Generator(args.device).manual_seed(args.seed)
 
 
@@ -122,7 +122,7 @@ def _generate(args: argparse.Namespace) -> None:
     if args.guidance_scale != 1 and not args.prompt:
         raise LdlmError("--guidance-scale (classifier-free guidance on the prompt) needs --prompt")
     guidance = _guidance(args)
-    pipe, generator = _pipeline_and_generator(args, args.scheduler)
+    pipe, generator = _pipeline_and_generator(args)
     sampling = dict(num_blocks=args.num_blocks, num_inference_steps=args.steps, generator=generator,
                     guidance=guidance, snap=args.snap, temperature=args.temperature, autoguidance=args.autoguidance)
     with _user_errors():
@@ -226,6 +226,8 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
                    "pipeline's): below 1 trades diversity for fluency at no cost")
     p.add_argument("--autoguidance", type=float, default=None, help="weight of the model against the pipeline's "
                    "weak transformer (default: the pipeline's; 1: off)")
+    p.add_argument("--scheduler", default=None, help="ddpm | ddim | dpm++ | euler | unipc (vp models); "
+                   "flow-euler | flow-heun (flow models); default: the pipeline's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="the DiTs' weights: float32 | bfloat16 | float16 (the VAE "
@@ -252,8 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", nargs="+", default=None, help="one or more prompts to continue")
     p.add_argument("--num-samples", type=int, default=4, help="samples (per prompt)")
     _sampling_options(p)
-    p.add_argument("--scheduler", default=None, help="ddpm | ddim | dpm++ | euler | unipc (vp models); "
-                   "flow-euler | flow-heun (flow models); default: the pipeline's own")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance on the prompt")
     p.add_argument("--num-blocks", type=int, default=None, help="length in blocks, prompt included")
     p.add_argument("--length", type=int, default=None, help="gradient guidance: this many tokens")

@@ -68,6 +68,19 @@ def test_new_blocks_documents_and_speed_at_each_setting(make_pipeline, load_benc
     assert new_blocks.tokens_per_s(pipe, 2, args) > 0
 
 
+def test_new_blocks_samples_with_the_scheduler_it_is_given(make_pipeline, load_benchmark, tmp_path, monkeypatch):
+    new_blocks = load_benchmark("new_blocks")
+    make_pipeline().save_pretrained(tmp_path / "pipe")
+    used = []
+    monkeypatch.setattr(new_blocks, "tokens_per_s", lambda pipe, *a: used.append(type(pipe.scheduler).__name__)
+                        or (_ for _ in ()).throw(SystemExit("sampled")))
+    monkeypatch.setattr(sys, "argv", ["new_blocks.py", "--model", str(tmp_path / "pipe"), "--scheduler", "unipc",
+                                      "--new-blocks", "1"])
+    with pytest.raises(SystemExit, match="sampled"):
+        new_blocks.main()
+    assert used == ["UniPCMultistepScheduler"] != [type(make_pipeline().scheduler).__name__]
+
+
 def test_length_report_scores_every_segment_of_both_systems(make_pipeline, load_benchmark, teacher_dirs, tmp_path,
                                                             monkeypatch):
     report = load_benchmark("longgen_report")
@@ -94,22 +107,23 @@ def test_length_report_writes_at_each_step_count_in_turn_with_the_ar(make_pipeli
                                                                      teacher_dirs, monkeypatch):
     report = load_benchmark("longgen_report")
     _save_both(make_pipeline(), tmp_path)
-    written, temperatures = [], []
+    written, sampling = [], []
     for name in ("ldlm_document", "ar_document"):
         write = getattr(report, name)
         monkeypatch.setattr(report, name, lambda *a, write=write, name=name: written.append(
             (name, a[3] if name == "ldlm_document" else None)) or write(*a))
     start = LongGeneration.__init__
-    monkeypatch.setattr(LongGeneration, "__init__", lambda self, *a, **kw: temperatures.append(kw["temperature"])
-                        or start(self, *a, **kw))
+    monkeypatch.setattr(LongGeneration, "__init__", lambda self, pipe, *a, **kw: sampling.append(
+        (kw["temperature"], type(pipe.scheduler).__name__)) or start(self, pipe, *a, **kw))
     monkeypatch.setattr(sys, "argv", [
         "longgen_report.py", "--model", str(tmp_path / "pipe"), "--ar", str(tmp_path / "ar"), "--tokens", "600",
         "--steps", "3", "2", "--documents", "2", "--max-repeat", "1", "--dit-temperature", "0.9",
-        "--ppl-model", teacher_dirs["qwen2"],
-        "--out", str(tmp_path / "long")])
+        "--scheduler", "unipc", "--ppl-model", teacher_dirs["qwen2"], "--out", str(tmp_path / "long")])
     report.main()
     turn = [("ldlm_document", 3), ("ldlm_document", 2), ("ar_document", None)]
-    assert written == turn + turn and temperatures == [0.9] * 4  # ldlm's documents sample at --dit-temperature
+    assert written == turn + turn  # ldlm's documents sample at --dit-temperature, with --scheduler
+    assert sampling == [(0.9, "UniPCMultistepScheduler")] * 4 and type(make_pipeline().scheduler).__name__ != (
+        "UniPCMultistepScheduler")
     speed = json.loads((tmp_path / "long.json").read_text())["speed"]
     assert list(speed) == ["ldlm, 3 steps", "ldlm, 2 steps"] and all(len(s["over_ar"]) == 2 for s in speed.values())
 

@@ -325,6 +325,28 @@ def test_the_cli_samples_at_the_pipeline_temperature_unless_told(make_pipeline, 
     assert default == texts("--temperature", "0.5") and default != texts("--temperature", "1.5")
 
 
+@pytest.mark.parametrize("command", [
+    ["generate", "--num-samples", "2"], ["infill", "The Eagle", "_"], ["longgen", "--max-tokens", "40"]])
+def test_every_generating_command_samples_with_the_scheduler_it_is_given(make_pipeline, tmp_path, capsys, monkeypatch,
+                                                                         command):
+    from ldlm.pipelines import loading
+
+    make_pipeline().save_pretrained(tmp_path / "pipe")
+    load, used = loading.load_pipeline, []
+
+    def recorded(*args):
+        pipe = load(*args)
+        used.append(type(pipe.scheduler).__name__)
+        return pipe
+
+    monkeypatch.setattr(loading, "load_pipeline", recorded)
+    write = ["--output", str(tmp_path / "doc.txt"), "--overwrite"] if command[0] == "longgen" else []
+    base = [*command, "--model", str(tmp_path / "pipe"), "--steps", "3", *write]
+    assert main([*base, "--scheduler", "unipc"]) == 0 and main(base) == 0
+    assert used[0] == "UniPCMultistepScheduler" != used[1]
+    assert main([*base, "--scheduler", "magic"]) == 2 and "unknown scheduler" in capsys.readouterr().err
+
+
 def test_step_callback_sees_and_can_replace_the_latents(make_pipeline):
     pipe = make_pipeline()
     calls = []
