@@ -72,8 +72,12 @@ def test_new_blocks_samples_with_the_scheduler_it_is_given(make_pipeline, load_b
     new_blocks = load_benchmark("new_blocks")
     make_pipeline().save_pretrained(tmp_path / "pipe")
     used = []
-    monkeypatch.setattr(new_blocks, "tokens_per_s", lambda pipe, *a: used.append(type(pipe.scheduler).__name__)
-                        or (_ for _ in ()).throw(SystemExit("sampled")))
+
+    def first_sample(pipe, *args):
+        used.append(type(pipe.scheduler).__name__)
+        raise SystemExit("sampled")
+
+    monkeypatch.setattr(new_blocks, "tokens_per_s", first_sample)
     monkeypatch.setattr(sys, "argv", ["new_blocks.py", "--model", str(tmp_path / "pipe"), "--scheduler", "unipc",
                                       "--new-blocks", "1"])
     with pytest.raises(SystemExit, match="sampled"):
