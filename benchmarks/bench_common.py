@@ -2,6 +2,7 @@
 spread."""
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +30,13 @@ def out_path(out: str | Path, suffix: str) -> Path:
     and any other dot stays part of the name (``--out runs/T0.9`` writes ``T0.9.json``, not ``T0.json``)."""
     path = Path(out)
     return path.with_suffix(suffix) if path.suffix in (".json", ".png") else path.with_name(path.name + suffix)
+
+
+def add_scheduler_option(parser: argparse.ArgumentParser) -> None:
+    """``--scheduler``: sample with another scheduler (a short name, as ``ldlm generate --scheduler`` takes) instead
+    of the pipeline's; the script hands it to ``load_pipeline``."""
+    parser.add_argument("--scheduler", default=None, help="sample with this scheduler (short name, e.g. ddim) "
+                        "instead of the pipeline's")
 
 
 def setup(device: str, threads: int | None = None) -> torch.device:

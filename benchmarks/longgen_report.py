@@ -20,7 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from bench_common import out_path, run_script  # noqa: E402
+from bench_common import add_scheduler_option, out_path, run_script  # noqa: E402
 
 SEGMENT = 512  # tokens of the pipeline's tokenizer per measured segment
 
@@ -95,8 +95,7 @@ def summarize(docs: list[dict], tokenizer, scorer) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped long-document one)")
-    parser.add_argument("--scheduler", default=None, help="sample with this scheduler (short name, e.g. ddim) "
-                        "instead of the pipeline's")
+    add_scheduler_option(parser)
     parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output); no AR rows without it")
     parser.add_argument("--prompt", default="And it came to pass, when the king had heard these words,")
     parser.add_argument("--documents", type=int, default=1, help="documents per system (seeds 0, 1, …)")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from bench_common import median_seconds, out_path, run_script, setup
+from bench_common import add_scheduler_option, median_seconds, out_path, run_script, setup
 from ldlm.evaluation.suite import evaluate_systems, format_table
 from ldlm.pipelines.loading import SHIPPED_LONG, load_pipeline
 from ldlm.pipelines.long_generation import LongGeneration
@@ -48,8 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a long-document pipeline (default: the shipped one)")
     parser.add_argument("--new-blocks", type=int, nargs="+", default=None, help="values (default: 1 to the window)")
-    parser.add_argument("--scheduler", default=None, help="sample with this scheduler (short name, e.g. ddim) "
-                        "instead of the pipeline's")
+    add_scheduler_option(parser)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=64)

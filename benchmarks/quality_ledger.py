@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from bench_common import out_path, run_script, setup
+from bench_common import add_scheduler_option, out_path, run_script, setup
 from ldlm.align.teacher import pad_id_of
 from ldlm.baselines.causal_lm import generate_texts, load_ar
 from ldlm.data.corpus import read_corpus
@@ -59,8 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped checkpoint)")
     parser.add_argument("--vae", default=None, help="decode with this VAE (+ tokenizer/) instead of the pipeline's")
-    parser.add_argument("--scheduler", default=None, help="sample with this scheduler (short name, e.g. unipc) "
-                        "instead of the pipeline's")
+    add_scheduler_option(parser)
     parser.add_argument("--ar", default=None, help="the AR baseline (ldlm train-ar output); no AR rows without it")
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--steps", type=int, nargs="*", default=[10, 25, 100])

@@ -166,11 +166,12 @@ class DistillDiTModule(LatentDiTModule):
     def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, x_in: torch.Tensor,
                 self_cond: torch.Tensor | None, context: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
         objective, clean = self.objective, context[..., None]
-        step = self.stride // self.diff["distill_substeps"]
+        substeps = self.diff["distill_substeps"]
+        step = self.stride // substeps
         # the teacher's inputs and estimates hold the clean context, as the sampler's do; elsewhere context positions
         # carry no loss
         x, estimate = x_in, self_cond
-        for k in range(self.diff["distill_substeps"]):
+        for k in range(substeps):
             now = t - k * step
             estimate = torch.where(clean, x0, objective.to_x0(x, self._teacher(x, now, estimate, context, drop), now))
             x = torch.where(clean, x0, objective.ddim_step(x, estimate, now, now - step))
